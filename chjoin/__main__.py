@@ -1,0 +1,3 @@
+from chjoin.cli import main
+
+main()

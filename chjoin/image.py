@@ -1,0 +1,56 @@
+"""Image kinds: which directory a reference names, found the way ch-run finds it.
+
+A name in the storage directory (`$storage/img/NAME`, `/` spelled `%` and `:` spelled `+`) wins;
+else a directory; else a file with the SquashFS magic; else the reference is no image.
+"""
+
+import os
+from dataclasses import dataclass
+
+from chjoin.log import EXIT_SQUASH, Fatal
+
+SQUASHFS_MAGIC = b"hsqs"
+
+
+@dataclass(frozen=True)
+class Image:
+    path: str        # absolute host path of the image's root directory
+    by_name: bool    # found in the storage directory
+
+
+def default_storage(environ):
+    """`$CH_IMAGE_STORAGE`, else /var/tmp/$USER.ch, as ch-image and ch-run agree."""
+    return environ.get("CH_IMAGE_STORAGE") or f"/var/tmp/{environ.get('USER', 'root')}.ch"
+
+
+def storage_name(ref):
+    """The directory name under `$storage/img/` of image reference `ref`."""
+    return ref.replace("/", "%").replace(":", "+")
+
+
+def find(ref, storage):
+    """The image that `ref` names, or a `Fatal` saying why it names none."""
+    if not ref:
+        raise Fatal("can't find image: empty name")
+    named = os.path.join(storage, "img", storage_name(ref))
+    if os.path.isdir(named):
+        return Image(os.path.realpath(named), by_name=True)
+    try:
+        is_dir = os.path.isdir(ref)
+        if not is_dir:
+            with open(ref, "rb") as f:
+                magic = f.read(4)
+    except OSError as e:
+        raise Fatal(f"can't find image: {ref}: {e.strerror}") from None
+    if is_dir:
+        path = os.path.realpath(ref)
+        if path == "/":
+            raise Fatal("can't use / as an image")
+        storage_img = os.path.realpath(os.path.join(storage, "img"))
+        if path.startswith(storage_img + "/"):
+            raise Fatal(f"can't run directory images from storage (hint: run by name): {ref}")
+        return Image(path, by_name=False)
+    if magic == SQUASHFS_MAGIC:
+        raise Fatal(f"can't run SquashFS image {ref}: this chjoin runs directory images only",
+                    EXIT_SQUASH)
+    raise Fatal(f"unknown image type: {ref}")
