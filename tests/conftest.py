@@ -1,0 +1,137 @@
+"""Fixtures shared by the system tests: the chjoin command, test images, and the two identities.
+
+System tests start real containers. They run as root and, through `subprocess`'s `user=`, as an
+unprivileged test user (`$CHJOIN_TEST_USER`, default `chjoin-test`, made by `ci/test`). Images
+are built here from Debian's busybox-static into world-readable temporary directories.
+"""
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+BUSYBOX = "/bin/busybox"
+TEST_USER = os.environ.get("CHJOIN_TEST_USER", "chjoin-test")
+
+
+def chjoin_path():
+    """The chjoin under test: $CHJOIN, else the one installed beside this interpreter."""
+    return os.environ.get("CHJOIN") or str(Path(sys.executable).parent / "chjoin")
+
+
+def world_readable_dir(prefix):
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    os.chmod(path, 0o755)
+    return Path(path)
+
+
+def build_busybox_image(root):
+    """A minimal image: busybox and its applet links, the usual top-level directories."""
+    for d in ("bin", "dev", "proc", "sys", "tmp", "etc", "home", "root", "mnt", "opt", "ch"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    for f in ("passwd", "group", "hosts", "resolv.conf"):
+        (root / "etc" / f).write_text("")
+    (root / "etc" / "image-file").write_text("from the image\n")
+    (root / "ch" / "environment").write_text("FROM_IMAGE=yes\nIMAGE_PATH=/opt/bin:$PATH\n")
+    (root / "tmp").chmod(0o1777)
+    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def chjoin():
+    path = chjoin_path()
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"chjoin not found at {path}; install the package or set $CHJOIN")
+    return path
+
+
+@pytest.fixture(scope="session")
+def image():
+    """A read-only busybox image shared by the whole session."""
+    if not os.path.exists(BUSYBOX):
+        pytest.fail("busybox-static is not installed (ci/test installs it)")
+    base = world_readable_dir("chjoin-img-")
+    root = build_busybox_image(base / "img")
+    yield root
+    shutil.rmtree(base, ignore_errors=True)
+
+
+class Runner:
+    """Runs chjoin as one identity: root, or the unprivileged test user."""
+
+    def __init__(self, chjoin, who):
+        self.chjoin = chjoin
+        self.who = who
+        if who == "root":
+            self.uid = self.gid = 0
+            self.name, self.home = "root", "/root"
+        else:
+            entry = pwd.getpwnam(TEST_USER)
+            self.uid, self.gid = entry.pw_uid, entry.pw_gid
+            self.name, self.home = entry.pw_name, entry.pw_dir
+
+    def env(self, extra=None):
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.home, "USER": self.name,
+               "LANG": "C.UTF-8"}
+        env.update(extra or {})
+        return env
+
+    def run(self, *args, env=None, timeout=60, **kwargs):
+        """chjoin ARGS as this identity; returns the CompletedProcess (text, captured)."""
+        return subprocess.run([self.chjoin, *map(str, args)], capture_output=True, text=True,
+                              env=self.env(env), timeout=timeout, cwd="/",
+                              **self.identity_kwargs(), **kwargs)
+
+    def identity_kwargs(self):
+        if self.uid == os.geteuid():
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def own(self, path):
+        """Give `path` (recursively) to this identity."""
+        subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", str(path)], check=True)
+
+
+@pytest.fixture(params=["root", "user"])
+def as_user(request, chjoin):
+    """Each system test runs twice: as root and as the unprivileged test user."""
+    if os.geteuid() != 0:
+        pytest.skip("system tests start as root and drop to the test user; run ci/test")
+    if request.param == "user":
+        try:
+            pwd.getpwnam(TEST_USER)
+        except KeyError:
+            pytest.fail(f"test user {TEST_USER} missing (ci/test creates it)")
+    return Runner(chjoin, request.param)
+
+
+@pytest.fixture
+def own_image(as_user):
+    """A private copy of a busybox image owned by the identity under test (for -w)."""
+    base = world_readable_dir("chjoin-own-")
+    root = build_busybox_image(base / "img")
+    as_user.own(root)
+    yield root
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def host_dir(as_user):
+    """A host directory with one file, readable by the identity under test."""
+    base = world_readable_dir("chjoin-host-")
+    (base / "file").write_text("from the host\n")
+    os.chmod(base / "file", 0o644)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)

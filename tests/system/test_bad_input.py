@@ -1,0 +1,77 @@
+"""Bad input: one line `chjoin[PID]: error: ...`, ch-run's exit code, and nothing left behind."""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+ERROR_LINE = re.compile(r"^chjoin\[\d+\]: error: (.+)\n$")
+
+
+def mount_count():
+    with open("/proc/self/mountinfo") as f:
+        return sum(1 for _ in f)
+
+
+def chjoin_leftovers(tmpdir):
+    """Things of chjoin a failed launch could leave: host temp files, /dev/shm objects, processes."""
+    files = [n for n in os.listdir(tmpdir) if "chjoin" in n or "passwd" in n or "group" in n]
+    shm = [n for n in os.listdir("/dev/shm") if "chjoin" in n]
+    procs = subprocess.run(["pgrep", "-f", "bin/chjoin"], capture_output=True, text=True).stdout
+    return files, shm, procs.split()
+
+
+CASES = [
+    # (arguments, with {img} and {host} filled in, exit code, message pattern)
+    (["/nonexistent", "--", "true"], 31, "can't find image: /nonexistent"),
+    (["{host}/file", "--", "true"], 31, "unknown image type"),
+    (["-b", "", "{img}", "--", "true"], 31, "--bind: no source provided"),
+    (["-b", ":/mnt", "{img}", "--", "true"], 31, "--bind: no source provided"),
+    (["-b", "{host}:", "{img}", "--", "true"], 31, "--bind: no destination provided"),
+    (["-b", "{host}:mnt", "{img}", "--", "true"], 31, "--bind: destination must be absolute"),
+    (["-b", "{host}:/", "{img}", "--", "true"], 31, "--bind: destination can't be /"),
+    (["-b", "/no/such/dir:/mnt", "{img}", "--", "true"], 31, "source not found: /no/such/dir"),
+    (["-b", "{host}:/not/there", "{img}", "--", "true"], 31, "destination not found: /not/there"),
+    (["-W", "-b", "{host}:/escape/x", "{img}", "--", "true"], 31, "outside the image"),
+    (["-W", "-b", "{host}:/tmp/x", "{img}", "--", "true"], 31, "inside bind mount /tmp"),
+    (["--set-env=NOEQUALS_FILE_MISSING", "{img}", "--", "true"], 31, "--set-env: can't read"),
+    (["--set-env={host}/bad-env", "{img}", "--", "true"], 31, "no delimiter: .*bad-env:2"),
+    (["--set-env=", "{img}", "--", "true"], 31, "non-zero length"),
+    (["-c", "/nope", "{img}", "--", "true"], 31, "can't cd to /nope"),
+    (["-v", "-q", "{img}", "--", "true"], 31, "--quiet incompatible with --verbose"),
+    (["-u", "abc", "{img}", "--", "true"], 31, "--uid: no digits found"),
+    (["-u", "-1", "{img}", "--", "true"], 31, "--uid: must be non-negative"),
+    (["-g", "7x", "{img}", "--", "true"], 31, "--gid: extra characters after digits"),
+    (["-w", "-s", "{host}/storage", "named", "--", "true"], 31, "--write invalid when running by name"),
+    (["--feature=nonsense"], 31, "unknown feature: nonsense"),
+    (["{img}", "--", "no-such-command"], 49, "can't execve\\(2\\): no-such-command"),
+    (["{img}"], 64, "missing command"),
+    (["--no-such-option", "{img}", "--", "true"], 64, "No such option"),
+]
+
+
+@pytest.fixture
+def bad_setup(image, host_dir):
+    (image / "escape").unlink(missing_ok=True)
+    (image / "escape").symlink_to("../../../../../../etc")
+    (host_dir / "bad-env").write_text("GOOD=1\nBAD\n")
+    os.chmod(host_dir / "bad-env", 0o644)
+    (host_dir / "storage" / "img" / "named").mkdir(parents=True)
+    yield {"img": str(image), "host": str(host_dir)}
+    (image / "escape").unlink()
+
+
+@pytest.mark.parametrize("args, code, message", CASES,
+                         ids=[" ".join(c[0]).replace("{img}", "IMG") for c in CASES])
+def test_bad_input_is_one_error_line_and_exit_code(as_user, bad_setup, args, code, message):
+    mounts = mount_count()
+    before = chjoin_leftovers("/tmp")
+    args = [a.format(**bad_setup) for a in args]
+    result = as_user.run(*args)
+    assert result.returncode == code, result.stderr
+    match = ERROR_LINE.match(result.stderr)
+    assert match, f"not one error line: {result.stderr!r}"
+    assert re.search(message, match.group(1)), match.group(1)
+    assert mount_count() == mounts
+    assert chjoin_leftovers("/tmp") == before
