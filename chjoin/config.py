@@ -4,7 +4,6 @@ The command line builds it (`chjoin.cli`); everything below reads it. `fingerpri
 that peers joining one container must agree on.
 """
 
-import hashlib
 from dataclasses import dataclass, field
 
 WRITE_FAKE_DEFAULT_SIZE = "12%"
@@ -49,6 +48,8 @@ class Launch:
 
     def fingerprint(self):
         """A short digest of what makes two launches the same container."""
+        import hashlib  # only joins need it: keep it off the single-launch path
+
         ident = self.identity
         parts = [self.image, str(ident.uid), str(ident.gid), str(self.write),
                  str(self.write_fake), str(self.home), str(self.private_tmp),
