@@ -15,14 +15,16 @@ import click
 from chjoin import __version__
 from chjoin import env as envmod
 from chjoin.config import WRITE_FAKE_DEFAULT_SIZE, BindSpec, Identity, Launch
-from chjoin.log import EXIT_EXEC, EXIT_USAGE, Fatal, Log, error, flush_stdio
+from chjoin.log import EXIT_EXEC, EXIT_USAGE, Fatal, Log, checkpoint, error, flush_stdio
 
 IMAGE_ENV = "\0image"   # the value of a bare --set-env: the image's /ch/environment
 
-_SHORT_FLAGS = {"q": "quiet", "v": "verbose", "w": "write", "t": "private-tmp", "V": "version"}
+_SHORT_FLAGS = {"q": "quiet", "v": "verbose", "w": "write", "t": "private-tmp", "V": "version",
+                "j": "join"}
 _SHORT_VALUED = {"b": "bind", "c": "cd", "g": "gid", "u": "uid", "s": "storage"}
 _SHORT_OPTIONAL = {"W": "write-fake"}
-_LONG_VALUED = {"bind", "cd", "gid", "uid", "storage", "unset-env", "feature"}
+_LONG_VALUED = {"bind", "cd", "gid", "uid", "storage", "unset-env", "feature", "join-ct",
+                "join-tag", "join-pid", "join-timeout"}
 _LONG_OPTIONAL = {"set-env": IMAGE_ENV, "set-env0": IMAGE_ENV, "write-fake": WRITE_FAKE_DEFAULT_SIZE}
 _ENV_OPTIONS = ("--set-env=", "--set-env0=", "--unset-env=", "--env-no-expand")
 
@@ -129,6 +131,32 @@ def env_ops(tokens):
     return tuple(ops)
 
 
+def join_options(o, environ):
+    """The --join options as `Launch` fields, checked as ch-run checks them."""
+    from chjoin.peers import parse_count
+
+    join = {"join": bool(o["join"] or o["join_ct"] is not None or o["join_tag"] is not None)}
+    if o["join_ct"] is not None:
+        join["join_count"] = parse_count(o["join_ct"], "--join-ct")
+    join["join_tag"] = o["join_tag"]
+    if o["join_pid"] is not None:
+        pid = parse_int(o["join_pid"], "--join-pid")
+        if pid != 0 and join["join"]:
+            raise Fatal("--join-pid can't be combined with --join, --join-ct or --join-tag")
+        join["join_pid"] = pid or None
+    timeout, source = o["join_timeout"], "--join-timeout"
+    if timeout is None:
+        timeout, source = environ.get("CHJOIN_JOIN_TIMEOUT"), "CHJOIN_JOIN_TIMEOUT"
+    if timeout is not None:
+        try:
+            join["join_timeout"] = float(timeout)
+        except ValueError:
+            join["join_timeout"] = 0.0
+        if not 0 < join["join_timeout"] < 1e6:
+            raise Fatal(f"{source}: must be a positive number of seconds, not {timeout!r}")
+    return join
+
+
 def verbosity_of(verbose, quiet):
     if verbose and quiet:
         raise Fatal("--quiet incompatible with --verbose")
@@ -206,6 +234,19 @@ Example:
 @click.option("-g", "--gid", metavar="GID", help="Run as GID within the container.")
 @click.option("--home", is_flag=True, help="Bind host $HOME at guest /home/$USER (implies -W).")
 @click.option("--no-passwd", is_flag=True, help="Don't bind-mount generated /etc/{passwd,group}.")
+@click.option("-j", "--join", is_flag=True,
+              help="Use the same container as the other ranks of this launch on this node: one "
+                   "rank builds it, the others join it.")
+@click.option("--join-ct", metavar="N",
+              help="Number of ranks in the group on this node (default: from the launcher's "
+                   "environment). Implies --join.")
+@click.option("--join-tag", metavar="TAG",
+              help="Name of the group (default: from the launcher's job and step, else the "
+                   "parent pid). Implies --join.")
+@click.option("--join-pid", metavar="PID", help="Join the container of process PID.")
+@click.option("--join-timeout", metavar="SECONDS",
+              help="Give up when the group is not complete after SECONDS (default: "
+                   "$CHJOIN_JOIN_TIMEOUT, else 30).")
 @click.option("-q", "--quiet", count=True,
               help="Print less: -q no warnings, -qq also CMD's stdout, -qqq also its stderr.")
 @click.option("-s", "--storage", metavar="DIR",
@@ -252,6 +293,7 @@ def make_launch(image_ref, cmd, o, tokens, environ):
         if not home:
             raise Fatal("--home failed: $HOME not set")
         write_fake = write_fake or WRITE_FAKE_DEFAULT_SIZE
+    join = join_options(o, environ)
     storage = o["storage"] or imagemod.default_storage(environ)
     found = imagemod.find(image_ref, storage)
     if found.by_name and o["write"]:
@@ -260,26 +302,82 @@ def make_launch(image_ref, cmd, o, tokens, environ):
                   binds=binds, cd=o["cd"], write=o["write"], write_fake=write_fake, home=home,
                   private_tmp=o["private_tmp"], host_tmp=environ.get("TMPDIR") or "/tmp",
                   generate_passwd=not o["no_passwd"], env_ops=ops, verbosity=verbosity,
-                  environ=dict(environ))
+                  environ=dict(environ), **join)
 
 
-def run(launch):
-    """Build the container and exec the command in it; returns only by raising `Fatal`."""
-    from chjoin import fs, libc, ns
+def run(launch, closed_stdio=()):
+    """Build or join the container and exec the command in it; returns only by raising `Fatal`."""
+    from chjoin import libc, ns
 
     log = Log(launch.verbosity)
     ident = launch.identity
     log.info(f"image: {launch.image}; container ids {ident.uid}:{ident.gid}")
-    ns.enter_outer(ident.host_uid, ident.host_gid)
-    fs.apply(fs.plan(launch), launch.image, log)
-    ns.enter_inner(ident.uid, ident.gid)
+    if launch.join_pid is not None:
+        ns.join_pid(launch.join_pid)
+        log.info(f"join: joined the namespaces of pid {launch.join_pid}")
+    elif launch.join:
+        join(launch, log)
+    else:
+        build(launch, log)
     home = f"/home/{ident.user_name}" if launch.home else None
     environment = envmod.build(launch.environ, launch.env_ops, home, os.path.isdir("/root"))
-    exec_command(launch.command, environment, launch.cd or "/", launch.verbosity, libc)
+    exec_command(launch.command, environment, launch.cd or "/", launch.verbosity, libc,
+                 closed_stdio)
 
 
-def exec_command(cmd, environment, cwd, verbosity, libc):
-    """chdir, no_new_privs, quiet redirections, then execvpe with the container's PATH."""
+def build(launch, log):
+    """Make the container: namespaces, filesystem, pivot; we end up inside it."""
+    from chjoin import fs, ns
+
+    ident = launch.identity
+    ns.enter_outer(ident.host_uid, ident.host_gid)
+    checkpoint("winner", "setup")
+    fs.apply(fs.plan(launch), launch.image, log)
+    ns.enter_inner(ident.uid, ident.gid)
+
+
+def join(launch, log):
+    """--join: find the group, then build its container (winner) or enter it (peer)."""
+    from chjoin import ns, peers
+
+    group = peers.find(launch.environ, peers.this_process(launch.environ), launch.join_tag,
+                       launch.join_count)
+    log.info(f"join: peer group tag {group.tag} (from {group.tag_source})")
+    log.info(f"join: peer group size {group.count} (from {group.count_source})")
+    if group.count == 1:
+        log.info("join: a group of one: nobody to wait for")
+        build(launch, log)
+        return
+    from chjoin import ipc
+
+    member = ipc.arrive(group.tag, group.count, launch.join_terms(), launch.join_timeout, log)
+    if member.winner:
+        log.info(f"join: won: building the container for {group.count} ranks")
+        try:
+            build(launch, log)
+            holder = ns.spawn_holder(member.holding, ipc.TICK)
+        except BaseException as e:
+            member.failed(str(e) if isinstance(e, Fatal) else f"{type(e).__name__}: {e}")
+            raise
+        log.info(f"join: holder pid {holder[0]} keeps the container until all have joined")
+        member.publish(holder, ns.inodes())
+        member.stay_until_all_inside(member.wait())
+        return
+    else:
+        record = member.wait()
+        checkpoint("peer", "join")
+        try:
+            pid = ns.join(ipc.keepers(record), record.inodes)
+        except BaseException:
+            member.leave()
+            raise
+        log.info(f"join: joined winner's container through pid {pid}")
+    member.inside()
+
+
+def exec_command(cmd, environment, cwd, verbosity, libc, closed_stdio=()):
+    """chdir, no_new_privs, quiet redirections, the launcher's closed stdio closed again, then
+    execvpe with the container's PATH."""
     try:
         os.chdir(cwd)
     except OSError as e:
@@ -291,6 +389,8 @@ def exec_command(cmd, environment, cwd, verbosity, libc):
             os.dup2(null, fd)
             os.close(null)
     flush_stdio()
+    for fd in closed_stdio:
+        os.close(fd)
     try:
         os.execvpe(cmd[0], cmd, environment)
     except OSError as e:
@@ -299,12 +399,13 @@ def exec_command(cmd, environment, cwd, verbosity, libc):
 
 def main(argv=None):
     """Console entry point: parse, launch, and turn every failure into one line and an exit code."""
+    closed_stdio = open_closed_stdio()
     tokens = normalize(sys.argv[1:] if argv is None else argv)
     try:
         launch = _parse(tokens)
         if isinstance(launch, int):
             sys.exit(launch)
-        run(launch)
+        run(launch, closed_stdio)
     except Fatal as e:
         error(str(e))
         flush_stdio()
@@ -312,6 +413,23 @@ def main(argv=None):
     except OSError as e:
         error(f"{e.strerror or e}{': ' + e.filename if e.filename else ''}")
         sys.exit(31)
+
+
+def open_closed_stdio():
+    """Put /dev/null on any of fds 0-2 we were started without, so that nothing we open lands
+    there (and our messages never go into an IPC object); the command gets them closed again."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    for fd in closed:
+        null = os.open("/dev/null", os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+    return tuple(closed)
 
 
 def _parse(tokens):

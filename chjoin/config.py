@@ -1,7 +1,7 @@
 """`Launch`: everything one launch needs, decided before any system call, frozen.
 
-The command line builds it (`chjoin.cli`); everything below reads it. `fingerprint()` is the part
-that peers joining one container must agree on.
+The command line builds it (`chjoin.cli`); everything below reads it. `join_terms()` is what
+peers joining one container must agree on.
 """
 
 from dataclasses import dataclass, field
@@ -44,15 +44,21 @@ class Launch:
     generate_passwd: bool = True
     env_ops: tuple = ()
     verbosity: int = 0
+    join: bool = False               # -j, or implied by --join-ct / --join-tag
+    join_count: int | None = None    # --join-ct
+    join_tag: str | None = None      # --join-tag
+    join_pid: int | None = None      # --join-pid
+    join_timeout: float = 30.0       # --join-timeout, $CHJOIN_JOIN_TIMEOUT
     environ: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
-    def fingerprint(self):
-        """A short digest of what makes two launches the same container."""
-        import hashlib  # only joins need it: keep it off the single-launch path
-
+    def join_terms(self):
+        """[(label, text)]: what makes two launches the same container. A peer whose terms differ
+        from its group's is told which one, in these words. Environment options are not here:
+        each peer applies its own."""
         ident = self.identity
-        parts = [self.image, str(ident.uid), str(ident.gid), str(self.write),
-                 str(self.write_fake), str(self.home), str(self.private_tmp),
-                 str(self.generate_passwd)]
-        parts += [f"{b.src}:{b.dst}" for b in self.binds]
-        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+        write = "-w" if self.write else f"-W {self.write_fake}" if self.write_fake else "read-only"
+        mounts = [f"-b {b.src}:{b.dst}" for b in self.binds]
+        mounts += ["--home"] * bool(self.home) + ["-t"] * self.private_tmp
+        mounts += ["--no-passwd"] * (not self.generate_passwd)
+        return [("image", self.image), ("uid:gid", f"{ident.uid}:{ident.gid}"),
+                ("write mode", write), ("mount options", " ".join(mounts) or "none")]

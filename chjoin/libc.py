@@ -41,6 +41,7 @@ PR_SET_NO_NEW_PRIVS = 38
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine, 155)
 _SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
+_SYS_PIDFD_SEND_SIGNAL = 424
 _SYS_PIDFD_OPEN = 434
 
 
@@ -96,6 +97,10 @@ def setns(fd, nstype=0):
 def pidfd_open(pid):
     """A file descriptor that names process `pid` for as long as it lives, and never another."""
     return _check(_libc.syscall(_SYS_PIDFD_OPEN, pid, 0))
+
+
+def pidfd_send_signal(pidfd, signal):
+    _check(_libc.syscall(_SYS_PIDFD_SEND_SIGNAL, pidfd, signal, None, 0))
 
 
 def no_new_privs():

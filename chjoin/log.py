@@ -67,3 +67,11 @@ def flush_stdio():
             stream.flush()
         except (OSError, ValueError, AttributeError):
             pass
+
+
+def checkpoint(role, phase):
+    """Fault injection for the test suite: stop here (SIGSTOP) when $CHJOIN_TEST_STOP lists
+    `role:phase` or `any:phase`, so that a test can kill this process at a known instant."""
+    stops = os.environ.get("CHJOIN_TEST_STOP")
+    if stops and (f"{role}:{phase}" in stops.split(",") or f"any:{phase}" in stops.split(",")):
+        os.kill(os.getpid(), 19)

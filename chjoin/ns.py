@@ -5,8 +5,10 @@ Two user namespaces, as ch-run 0.45 has them: the outer one maps 0 to the host's
 maps the container's uid and gid onto that 0. `setgroups` is denied in both.
 """
 
+import os
+
 from chjoin import libc
-from chjoin.log import Fatal
+from chjoin.log import Fatal, checkpoint
 
 
 def _write(path, text):
@@ -38,3 +40,122 @@ def enter_inner(uid, gid):
         _map_ids(uid, 0, gid, 0)
     except OSError as e:
         raise Fatal(f"can't create inner user namespace for {uid}:{gid}: {e.strerror}") from None
+
+
+# Joining: processes are named by pid and start time, and entered through a pidfd, so that a
+# recycled pid can never put a rank into the wrong container.
+
+def start_time(pid):
+    """The start time of process `pid` (clock ticks since boot), or 0 if it is dead or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return 0
+    return 0 if fields[0] in (b"Z", b"X") else int(fields[19])
+
+
+def alive(pid, start):
+    """Whether process `pid` is the one that started at `start`, and still runs."""
+    return pid > 0 and start_time(pid) == start
+
+
+def inodes():
+    """This process's user and mount namespace inode numbers."""
+    return (os.stat("/proc/self/ns/user").st_ino, os.stat("/proc/self/ns/mnt").st_ino)
+
+
+def dismiss(pid, start):
+    """SIGTERM process `pid` if it is still the one that started at `start`."""
+    try:
+        fd = libc.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        if alive(pid, start):
+            libc.pidfd_send_signal(fd, 15)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def join(keepers, expected_inodes):
+    """Enter the user + mount namespaces of the first live process in `keepers` [(pid, start)],
+    and check that they are the ones `expected_inodes` names. Returns the pid joined."""
+    for pid, start in keepers:
+        try:
+            fd = libc.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            if not alive(pid, start):
+                continue
+            libc.setns(fd, libc.CLONE_NEWUSER | libc.CLONE_NEWNS)
+        except OSError as e:
+            if e.errno == 22:
+                raise Fatal("join: can't setns(2) into the container: EINVAL "
+                            "(is the launcher multi-threaded?)") from None
+            continue
+        finally:
+            os.close(fd)
+        if expected_inodes and inodes() != tuple(expected_inodes):
+            raise Fatal(f"join: pid {pid} is not in the group's container (namespace inodes "
+                        f"{inodes()} instead of {tuple(expected_inodes)})")
+        return pid
+    raise Fatal("join: the container is gone: none of its processes is left to join")
+
+
+def join_pid(pid):
+    """--join-pid: enter the user + mount namespaces of process `pid`, no questions asked."""
+    try:
+        fd = libc.pidfd_open(pid)
+    except OSError as e:
+        raise Fatal(f"join: no PID {pid}: {e.strerror}") from None
+    try:
+        libc.setns(fd, libc.CLONE_NEWUSER | libc.CLONE_NEWNS)
+    except OSError as e:
+        raise Fatal(f"join: can't join the namespaces of pid {pid}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def spawn_holder(keep, tick):
+    """Fork the holder: a process that stays in our namespaces while `keep()` says so, checking
+    every `tick` seconds. It is a grandchild, reparented away from the command we exec, holds no
+    stdio, and ends at a SIGTERM. Returns (pid, start time)."""
+    import struct
+    import time
+
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read_end)
+            holder = os.fork()
+            if holder == 0:
+                os.close(write_end)
+                _hold(keep, tick, time)
+            os.write(write_end, struct.pack("<i", holder))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    data = os.read(read_end, 4)
+    os.close(read_end)
+    os.waitpid(child, 0)
+    pid = struct.unpack("<i", data)[0]
+    return pid, start_time(pid)
+
+
+def _hold(keep, tick, time):
+    try:
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+        checkpoint("holder", "start")
+        while keep():
+            time.sleep(tick)
+    except BaseException:
+        pass
+    os._exit(0)

@@ -99,6 +99,22 @@ class Runner:
             return {}
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
+    def group(self, args, ranks, env=None, timeout=60, linger=5, stagger=0, kill_delay=0.3):
+        """Start len(`ranks`) copies of `chjoin ARGS` at once as this identity, through
+        tests/ranks.py (a launcher like srun); each entry of `ranks` is a dict with optional
+        "env", "args" (added after ARGS), "close" (fds) and "first". Returns a `Group`."""
+        import json
+
+        request = {"argv": [self.chjoin, *map(str, args)], "env": self.env(env),
+                   "ranks": ranks, "timeout": timeout, "linger": linger, "stagger": stagger,
+                   "kill_delay": kill_delay}
+        done = subprocess.run([sys.executable, "-c", RANKS.read_text()],
+                              input=json.dumps(request),
+                              capture_output=True, text=True, timeout=timeout + linger + 30,
+                              cwd="/", **self.identity_kwargs())
+        assert done.returncode == 0, done.stderr
+        return Group(json.loads(done.stdout))
+
     def own(self, path):
         """Give `path` (recursively) to this identity."""
         subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", str(path)], check=True)
@@ -135,3 +151,23 @@ def host_dir(as_user):
     os.chmod(base / "file", 0o644)
     yield base
     shutil.rmtree(base, ignore_errors=True)
+
+
+RANKS = Path(__file__).parent / "ranks.py"
+
+
+class Group:
+    """What `Runner.group` returns: one result per rank, and what outlived the ranks."""
+
+    def __init__(self, result):
+        self.ranks = [subprocess.CompletedProcess([], r["returncode"], r["stdout"], r["stderr"])
+                      for r in result["ranks"]]
+        for rank, r in zip(self.ranks, result["ranks"]):
+            rank.pid = r["pid"]
+        self.lingering = result["lingering"]
+        self.killed = result["killed"]
+        self.reaped_after = result["reaped_after"]
+
+    @property
+    def returncodes(self):
+        return [r.returncode for r in self.ranks]
