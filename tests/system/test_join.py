@@ -1,0 +1,324 @@
+"""--join: the ranks of one launch on one node share one container, and no failure of one rank,
+of the winner or of the holder breaks the node. Every test runs as root and as the unprivileged
+test user, checks what the survivors saw, that /dev/shm holds nothing of the group afterwards and
+that nothing outlived the ranks, and most then run the next group with the same tag."""
+
+import os
+import re
+import shutil
+
+import pytest
+
+from conftest import build_busybox_image, world_readable_dir
+
+# Each rank prints the container it is in (user and mount namespace), and its uid.
+SHOW = ["--", "sh", "-c", "echo $(readlink /proc/self/ns/user) $(readlink /proc/self/ns/mnt)"]
+
+
+def containers(group):
+    """The distinct containers the successful ranks ran in."""
+    return {r.stdout.strip() for r in group.ranks if r.returncode == 0}
+
+
+def shm_objects(runner):
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(("chjoin-", "sem.chjoin-"))
+                  and f"-{runner.uid}-" in n)
+
+
+def assert_clean(runner, group):
+    assert shm_objects(runner) == [], "the group left objects in /dev/shm"
+    assert group.lingering == [], "a process outlived the ranks (the holder?)"
+
+
+def assert_next_group_works(runner, image, args, n=3):
+    group = runner.group([*args, f"--join-ct={n}", image, *SHOW], [{}] * n)
+    assert group.returncodes == [0] * n, [r.stderr for r in group.ranks]
+    assert len(containers(group)) == 1
+    assert_clean(runner, group)
+
+
+def ranks(n, **first):
+    """n plain ranks; keyword arguments describe the first one (env, close, first)."""
+    return [first] + [{}] * (n - 1) if first else [{}] * n
+
+
+@pytest.mark.parametrize("n", [2, 8, 32])
+def test_all_ranks_share_one_container(as_user, image, n):
+    group = as_user.group(["--join-ct", n, "--join-tag=share", image, *SHOW], ranks(n))
+    assert group.returncodes == [0] * n, [r.stderr for r in group.ranks if r.returncode]
+    assert len(containers(group)) == 1
+    host = os.readlink("/proc/self/ns/mnt")
+    assert host not in group.ranks[0].stdout
+    assert_clean(as_user, group)
+
+
+def test_the_winners_command_may_exit_at_once(as_user, image):
+    """ch-run defect 1: the winner runs `true` and is gone before the others join."""
+    group = as_user.group(["--join-ct=8", "--join-tag=fast", image, "--", "true"], ranks(8))
+    assert group.returncodes == [0] * 8, [r.stderr for r in group.ranks if r.returncode]
+    assert_clean(as_user, group)
+
+
+def test_verbose_reports_winner_joins_peers_left_and_cleanup(as_user, image):
+    group = as_user.group(["-v", "--join-ct=3", "--join-tag=talk", image, "--", "true"],
+                          ranks(3))
+    text = "".join(r.stderr for r in group.ranks)
+    assert text.count("join: won: building the container for 3 ranks") == 1
+    assert text.count("join: joined winner's container through pid") == 2
+    assert "peers left excluding myself" in text
+    assert text.count("join: cleaning up IPC resources") == 1
+    assert "join: peer group tag talk (from command line)" in text
+
+
+def test_each_peer_applies_its_own_environment_options(as_user, image):
+    rank_env = [{"env": {"RANK_NAME": f"r{i}"}} for i in range(4)]
+    group = as_user.group(["--join-ct=4", "--join-tag=env", "--set-env=MINE=$RANK_NAME",
+                           "--unset-env=RANK_NAME", image, "--", "sh", "-c",
+                           "echo $MINE ${RANK_NAME:-unset}"], rank_env)
+    assert [r.stdout.strip() for r in group.ranks] == [f"r{i} unset" for i in range(4)]
+
+
+def test_winner_setup_failure_reaches_every_peer_at_once(as_user, image):
+    """A bad -b fails the winner after the election; the peers that had arrived report the
+    winner's error well before the join timeout (60 s; the test launcher kills ranks after
+    20 s). Ranks arriving after the failed group ended try again as a new group, and fail the
+    same way by themselves."""
+    group = as_user.group(["--join-ct=4", "--join-tag=bad", "--join-timeout=60", "-b",
+                           "/no/such/dir:/mnt", image, "--", "true"], ranks(4), timeout=20)
+    assert group.returncodes == [31] * 4
+    for r in group.ranks:
+        assert "source not found: /no/such/dir" in r.stderr
+        assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert_clean(as_user, group)
+    assert_next_group_works(as_user, image, ["--join-tag=bad"])
+
+
+def test_missing_image_fails_every_rank_by_itself(as_user, image):
+    group = as_user.group(["--join-ct=3", "--join-tag=noimg", "/no/image", "--", "true"],
+                          ranks(3), timeout=20)
+    assert group.returncodes == [31] * 3
+    assert all("can't find image: /no/image" in r.stderr for r in group.ranks)
+    assert_clean(as_user, group)
+
+
+# SIGKILL at each phase. The victim stops itself at the named point ($CHJOIN_TEST_STOP); the
+# test launcher then kills it. "first" makes it the first to arrive, i.e. the winner.
+TIMEOUT = ["--join-timeout=4"]
+
+
+def stop_at(point, first=False):
+    return {"env": {"CHJOIN_TEST_STOP": point}, "first": first}
+
+
+@pytest.mark.parametrize("point", ["any:arrive", "any:locked"])
+def test_killed_winner_before_or_during_election(as_user, image, point):
+    """The group can't complete without the victim: everyone else fails at the timeout with a
+    clear count, and the tag works again right after (ch-run defect 2: wedged forever)."""
+    group = as_user.group(["--join-ct=4", "--join-tag=k1", *TIMEOUT, image, *SHOW],
+                          [stop_at(point, first=True)] + [{}] * 3)
+    assert len(group.killed) == 1, "the victim never stopped"
+    victim, survivors = group.ranks[0], group.ranks[1:]
+    assert victim.returncode == -9
+    assert [r.returncode for r in survivors] == [31] * 3
+    for r in survivors:
+        assert "timed out after 4 s with 3 of 4 ranks arrived" in r.stderr, r.stderr
+    assert_clean(as_user, group)
+    assert_next_group_works(as_user, image, ["--join-tag=k1"])
+
+
+def test_killed_winner_during_setup_fails_peers_fast(as_user, image):
+    group = as_user.group(["--join-ct=4", "--join-tag=k2", "--join-timeout=60", image, *SHOW],
+                          [stop_at("winner:setup", first=True)] + [{}] * 3, timeout=20)
+    assert len(group.killed) == 1, "the victim never stopped"
+    assert group.ranks[0].returncode == -9
+    for r in group.ranks[1:]:
+        assert r.returncode == 31
+        assert re.search(r"the winner \(pid \d+\) died while building the container", r.stderr)
+    assert_clean(as_user, group)
+    assert_next_group_works(as_user, image, ["--join-tag=k2"])
+
+
+@pytest.mark.parametrize("point", ["winner:wait", "peer:wait"])
+def test_killed_member_while_waiting(as_user, image, point):
+    """A member killed while the group waits: if the others had all arrived, they run in one
+    container; otherwise they all fail fast, naming the dead rank. Never a hang or a split."""
+    winner = point.startswith("winner")
+    victim = stop_at(point, first=winner)
+    group = as_user.group(["--join-ct=4", "--join-tag=k3", "--join-timeout=60", image, *SHOW],
+                          [victim] + [{}] * 3 if winner else [{}] * 3 + [victim], timeout=20,
+                          stagger=0 if winner else 0.1)
+    assert len(group.killed) == 1, "the victim never stopped"
+    survivors = [r for r in group.ranks if r.returncode != -9]
+    assert len(survivors) == 3
+    codes = {r.returncode for r in survivors}
+    assert codes in ({0}, {31}), [r.stderr for r in survivors]
+    if codes == {0}:
+        assert len(containers(group)) == 1
+    else:
+        assert all(re.search(r"rank pid \d+ died before all 4 ranks arrived", r.stderr)
+                   for r in survivors), [r.stderr for r in survivors]
+    assert_clean(as_user, group)
+    assert_next_group_works(as_user, image, ["--join-tag=k3"])
+
+
+def test_killed_peer_while_joining_leaves_the_others_running(as_user, image):
+    group = as_user.group(["--join-ct=4", "--join-tag=k4", image, *SHOW],
+                          [{}] * 3 + [stop_at("peer:join")], timeout=20, stagger=0.1)
+    assert len(group.killed) == 1, "the victim never stopped"
+    survivors = [r for r in group.ranks if r.returncode != -9]
+    assert [r.returncode for r in survivors] == [0] * len(survivors)
+    assert len(survivors) >= 3 and len(containers(group)) == 1
+    assert_clean(as_user, group)
+    assert_next_group_works(as_user, image, ["--join-tag=k4"])
+
+
+@pytest.mark.parametrize("point", ["holder:start", "holder:ready"])
+def test_killed_holder_does_not_strand_the_peers(as_user, image, point):
+    """Without its holder, the group joins through the winner, which stays until all are in."""
+    group = as_user.group(["--join-ct=4", "--join-tag=k5", image, *SHOW],
+                          [stop_at(point)] * 4, timeout=20, stagger=0.2)
+    assert len(group.killed) == 1, "the victim never stopped"
+    assert group.returncodes == [0] * 4, [r.stderr for r in group.ranks]
+    assert len(containers(group)) == 1
+    assert_clean(as_user, group)
+    assert_next_group_works(as_user, image, ["--join-tag=k5"])
+
+
+@pytest.mark.parametrize("fd", [0, 1, 2])
+def test_closed_stdin_stdout_or_stderr(as_user, image, fd):
+    """Ranks started with fd 0, 1 or 2 closed still join (ch-run: wedged semaphore); the
+    command gets the descriptor closed, as it was given."""
+    group = as_user.group(["--join-ct=4", "--join-tag=closed", image, "--", "sh", "-c",
+                           f"echo $(readlink /proc/self/ns/mnt); [ -e /proc/self/fd/{fd} ] "
+                           "&& echo fd-open >&2 || true"],
+                          [{"close": [fd]}] * 2 + [{}] * 2)
+    assert group.returncodes == [0] * 4, [r.stderr for r in group.ranks]
+    if fd != 1:
+        assert len(containers(group)) == 1
+    assert "fd-open" not in group.ranks[0].stderr
+    assert_clean(as_user, group)
+
+
+def test_too_few_ranks_all_fail_at_the_timeout(as_user, image):
+    group = as_user.group(["--join-ct=4", "--join-tag=few", "--join-timeout=2", image, *SHOW],
+                          ranks(3), timeout=20)
+    assert group.returncodes == [31] * 3
+    for r in group.ranks:
+        assert re.fullmatch(r"chjoin\[\d+\]: error: join: group few: timed out after 2 s with "
+                            r"3 of 4 ranks arrived\n", r.stderr), r.stderr
+    assert_clean(as_user, group)
+
+
+def test_too_many_ranks_never_split_the_first_group(as_user, image):
+    """Five ranks for a group of four: four share one container; the fifth starts a group of
+    its own, which times out for want of peers."""
+    group = as_user.group(["--join-ct=4", "--join-tag=many", "--join-timeout=3", image, *SHOW],
+                          ranks(5), timeout=20)
+    assert sorted(group.returncodes) == [0, 0, 0, 0, 31]
+    assert len(containers(group)) == 1
+    extra = next(r for r in group.ranks if r.returncode)
+    assert "timed out after 3 s with 1 of 4 ranks arrived" in extra.stderr
+    assert_clean(as_user, group)
+
+
+@pytest.fixture
+def second_image():
+    base = world_readable_dir("chjoin-img2-")
+    root = build_busybox_image(base / "img")
+    (root / "etc" / "image-file").write_text("second image\n")
+    yield root
+    shutil.rmtree(base, ignore_errors=True)
+
+
+WHICH = ["--", "sh", "-c", "echo $(cat /etc/image-file) $(readlink /proc/self/ns/mnt)"]
+
+
+def test_same_tag_different_images_at_once_each_run_in_their_own(as_user, image, second_image):
+    """Two groups of 3 with one tag and different images: each rank runs in its own image, each
+    group in one container; the second waits for the first (ch-run defect 8: wrong image)."""
+    mixed = [{"args": [str(image if i % 2 else second_image), *WHICH]} for i in range(6)]
+    group = as_user.group(["--join-ct=3", "--join-tag=same", "--join-timeout=20"], mixed)
+    assert group.returncodes == [0] * 6, [r.stderr for r in group.ranks]
+    for i, r in enumerate(group.ranks):
+        expected = "from the image" if i % 2 else "second image"
+        assert r.stdout.startswith(expected), (i, r.stdout)
+    assert len({r.stdout for r in group.ranks}) == 2
+    assert_clean(as_user, group)
+
+
+def test_a_mismatched_peer_is_told_what_differs(as_user, image, host_dir):
+    group = as_user.group(["--join-ct=2", "--join-tag=mis", "--join-timeout=2"],
+                          [{"args": [str(image), "--", "true"]},
+                           {"args": ["-b", f"{host_dir}:/mnt", str(image), "--", "true"]}],
+                          stagger=0.5)
+    mismatched = group.ranks[1]
+    assert mismatched.returncode == 31
+    assert "a different mount options (none; this rank: -b " in mismatched.stderr
+    assert group.ranks[0].returncode == 31
+    assert_clean(as_user, group)
+
+
+def test_two_slurm_jobs_with_the_same_step_number_stay_apart(as_user, image, second_image):
+    """ch-run defect 6: the default tag was the step number only."""
+    def job(job_id, img):
+        env = {"SLURM_JOB_ID": job_id, "SLURM_STEP_ID": "0", "SLURM_NODEID": "0",
+               "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_CPUS_ON_NODE": "2"}
+        return [{"env": env, "args": [str(img), *WHICH]}] * 2
+    group = as_user.group(["-j"], job("100", image) + job("101", second_image))
+    assert group.returncodes == [0] * 4, [r.stderr for r in group.ranks]
+    outputs = [r.stdout for r in group.ranks]
+    assert outputs[0] == outputs[1] and outputs[2] == outputs[3] and outputs[0] != outputs[2]
+    assert outputs[0].startswith("from the image") and outputs[2].startswith("second image")
+    assert_clean(as_user, group)
+
+
+def test_names_squatted_by_another_user_are_a_clear_error(as_user, image):
+    """ch-run defect 4: another user creates the group's names first."""
+    squatter = 1 if as_user.uid != 1 else 2          # daemon or bin: someone else
+    for name in (f"chjoin-{as_user.uid}-squat", f"sem.chjoin-{as_user.uid}-squat"):
+        path = f"/dev/shm/{name}"
+        with open(path, "w"):
+            pass
+        os.chown(path, squatter, squatter)
+        os.chmod(path, 0o666)
+    try:
+        group = as_user.group(["--join-ct=2", "--join-tag=squat", image, "--", "true"], ranks(2),
+                              timeout=20)
+    finally:
+        for name in ("chjoin", "sem.chjoin"):
+            os.unlink(f"/dev/shm/{name}-{as_user.uid}-squat")
+    assert group.returncodes == [31, 31]
+    for r in group.ranks:
+        assert re.fullmatch(rf"chjoin\[\d+\]: error: join: can't use /dev/shm/chjoin-"
+                            rf"{as_user.uid}-squat: owned by uid {squatter}, mode 666; another "
+                            r"user holds this group's name\n", r.stderr), r.stderr
+
+
+def test_join_pid_enters_a_running_container(as_user, image):
+    import subprocess
+    import time
+    runner = as_user
+    sleeper = subprocess.Popen([runner.chjoin, str(image), "--", "sleep", "30"],
+                               env=runner.env(), **runner.identity_kwargs())
+    try:
+        target = f"/proc/{sleeper.pid}/ns/mnt"
+        for _ in range(200):
+            if os.readlink(target) != os.readlink("/proc/self/ns/mnt"):
+                break
+            time.sleep(0.01)
+        result = runner.run(f"--join-pid={sleeper.pid}", image, "--", "readlink",
+                            "/proc/self/ns/mnt")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == os.readlink(target)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.parametrize("round_", range(20))
+def test_64_ranks_on_two_cores(as_user, image, round_):
+    group = as_user.group(["--join-ct=64", "--join-tag=crowd", image, *SHOW], ranks(64),
+                          timeout=120)
+    assert group.returncodes == [0] * 64, [r.stderr for r in group.ranks if r.returncode][:3]
+    assert len(containers(group)) == 1
+    assert_clean(as_user, group)
