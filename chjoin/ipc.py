@@ -132,11 +132,11 @@ def digest_terms(terms):
 def difference(rec, expected, terms):
     """What makes a rank with `expected` and `terms` unfit for group `rec`, or "" if nothing."""
     if rec.expected != expected:
-        return f"a different group size ({rec.expected}; this rank expects {expected})"
+        return f"group size {rec.expected}, this rank {expected}"
     for (digest, text), (mine, my_text) in zip(rec.terms, terms):
         if digest != mine:
             label, _, theirs = text.partition("\0")
-            return f"a different {label} ({theirs}; this rank: {my_text.partition(chr(0))[2]})"
+            return f"{label} {theirs}, this rank {my_text.partition(chr(0))[2]}"
     return ""
 
 
@@ -307,7 +307,7 @@ def arrive(tag, expected, terms, timeout, log):
             if rec.state == FAILED:
                 reason = "its last group failed and its ranks are still leaving"
             elif difference(rec, expected, terms):
-                reason = f"its group runs with {difference(rec, expected, terms)}"
+                reason = f"its group has {difference(rec, expected, terms)}"
             elif rec.arrived >= rec.expected:
                 reason = f"all {rec.expected} ranks of its group have arrived"
             else:
@@ -338,7 +338,7 @@ class Member:
 
     def _update(self, change, fd=None, deadline=None):
         """Apply `change(rec)` to this generation's record under the lock; None if it is gone."""
-        self.objects.lock(deadline or time.monotonic() + 10, fd)
+        self.objects.lock(deadline or max(self.deadline, time.monotonic()) + 2, fd)
         try:
             rec = self.objects.read()
             if rec is None or rec.generation != self.generation:
