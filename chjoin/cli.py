@@ -15,6 +15,7 @@ import click
 from chjoin import __version__
 from chjoin import env as envmod
 from chjoin.config import WRITE_FAKE_DEFAULT_SIZE, BindSpec, Identity, Launch
+from chjoin.peers import parse_int
 from chjoin.log import EXIT_EXEC, EXIT_USAGE, Fatal, Log, checkpoint, error, flush_stdio
 
 IMAGE_ENV = "\0image"   # the value of a bare --set-env: the image's /ch/environment
@@ -25,7 +26,8 @@ _SHORT_VALUED = {"b": "bind", "c": "cd", "g": "gid", "u": "uid", "s": "storage"}
 _SHORT_OPTIONAL = {"W": "write-fake"}
 _LONG_VALUED = {"bind", "cd", "gid", "uid", "storage", "unset-env", "feature", "join-ct",
                 "join-tag", "join-pid", "join-timeout"}
-_LONG_OPTIONAL = {"set-env": IMAGE_ENV, "set-env0": IMAGE_ENV, "write-fake": WRITE_FAKE_DEFAULT_SIZE}
+_LONG_OPTIONAL = {"set-env": IMAGE_ENV, "set-env0": IMAGE_ENV,
+                  "write-fake": WRITE_FAKE_DEFAULT_SIZE}
 _ENV_OPTIONS = ("--set-env=", "--set-env0=", "--unset-env=", "--env-no-expand")
 
 
@@ -63,22 +65,6 @@ def normalize(args):
                 break
             out.append(f"--{_SHORT_FLAGS[c]}" if c in _SHORT_FLAGS else f"-{c}")
     return out
-
-
-def parse_int(text, option):
-    """An integer option value, with ch-run's messages for the ways it can be wrong."""
-    digits = text.strip()
-    sign = digits[:1] if digits[:1] in "+-" else ""
-    body = digits[len(sign):]
-    count = len(body) - len(body.lstrip("0123456789"))
-    if count == 0:
-        raise Fatal(f"{option}: no digits found")
-    if body[count:]:
-        raise Fatal(f"{option}: extra characters after digits")
-    value = int(sign + body[:count])
-    if not -2**31 <= value < 2**31:
-        raise Fatal(f"{option}: out of range")
-    return value
 
 
 def parse_id(text, option):
@@ -133,11 +119,9 @@ def env_ops(tokens):
 
 def join_options(o, environ):
     """The --join options as `Launch` fields, checked as ch-run checks them."""
-    from chjoin.peers import parse_count
-
     join = {"join": bool(o["join"] or o["join_ct"] is not None or o["join_tag"] is not None)}
     if o["join_ct"] is not None:
-        join["join_count"] = parse_count(o["join_ct"], "--join-ct")
+        join["join_count"] = parse_int(o["join_ct"], "--join-ct")
     join["join_tag"] = o["join_tag"]
     if o["join_pid"] is not None:
         pid = parse_int(o["join_pid"], "--join-pid")

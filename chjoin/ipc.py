@@ -299,7 +299,8 @@ def arrive(tag, expected, terms, timeout, log):
             if rec is None or rec.closed or rec.state in (FREE, DONE):
                 generation = struct.unpack_from("<Q", objects.map, 16)[0] + 1
                 rec = Record()
-                rec.generation, rec.state, rec.expected, rec.terms = generation, SETUP, expected, terms
+                rec.generation, rec.state, rec.expected = generation, SETUP, expected
+                rec.terms = terms
                 rec.arrived, rec.slots = 1, [me]
                 rec.store(objects.map)
                 objects.holder_fd = os.open(f"/proc/self/fd/{objects.fd}", os.O_RDWR | os.O_CLOEXEC)

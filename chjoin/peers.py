@@ -44,8 +44,9 @@ class _Found:
         self.tag, self.tag_source = tag, tag_source
 
 
-def parse_count(text, name, whole=True):
-    """A peer group size, with ch-run's messages; `whole=False` accepts trailing text (env)."""
+def parse_int(text, name, whole=True):
+    """An integer with ch-run's messages for the ways it can be wrong; `whole=False` accepts
+    trailing text, as ch-run does for counts read from the environment."""
     digits = text.strip()
     sign = digits[:1] if digits[:1] in "+-" else ""
     body = digits[len(sign):]
@@ -74,7 +75,7 @@ def expand_tasks_per_node(text):
 def _open_mpi(env, _proc):
     if "OMPI_COMM_WORLD_LOCAL_SIZE" not in env:
         return None
-    found = _Found(parse_count(env["OMPI_COMM_WORLD_LOCAL_SIZE"], "OMPI_COMM_WORLD_LOCAL_SIZE",
+    found = _Found(parse_int(env["OMPI_COMM_WORLD_LOCAL_SIZE"], "OMPI_COMM_WORLD_LOCAL_SIZE",
                                whole=False), "Open MPI: OMPI_COMM_WORLD_LOCAL_SIZE")
     if env.get("PMIX_NAMESPACE"):
         found.tag, found.tag_source = f"ompi.{env['PMIX_NAMESPACE']}", "Open MPI: PMIX_NAMESPACE"
@@ -87,7 +88,7 @@ def _open_mpi(env, _proc):
 def _hydra(env, proc):
     if "MPI_LOCALNRANKS" not in env:
         return None
-    found = _Found(parse_count(env["MPI_LOCALNRANKS"], "MPI_LOCALNRANKS", whole=False),
+    found = _Found(parse_int(env["MPI_LOCALNRANKS"], "MPI_LOCALNRANKS", whole=False),
                    "MPICH Hydra: MPI_LOCALNRANKS")
     if proc.hydra_proxy:
         found.tag, found.tag_source = f"hydra.{proc.hydra_proxy}", "MPICH Hydra: proxy pid"
@@ -97,7 +98,7 @@ def _hydra(env, proc):
 def _pals(env, _proc):
     if "PALS_LOCAL_SIZE" not in env:
         return None
-    found = _Found(parse_count(env["PALS_LOCAL_SIZE"], "PALS_LOCAL_SIZE", whole=False),
+    found = _Found(parse_int(env["PALS_LOCAL_SIZE"], "PALS_LOCAL_SIZE", whole=False),
                    "Cray PALS: PALS_LOCAL_SIZE")
     if env.get("PALS_APID"):
         found.tag, found.tag_source = f"pals.{env['PALS_APID']}", "Cray PALS: PALS_APID"
@@ -107,7 +108,7 @@ def _pals(env, _proc):
 def _pmix(env, _proc):
     if "PMIX_LOCAL_SIZE" not in env:
         return None
-    found = _Found(parse_count(env["PMIX_LOCAL_SIZE"], "PMIX_LOCAL_SIZE", whole=False),
+    found = _Found(parse_int(env["PMIX_LOCAL_SIZE"], "PMIX_LOCAL_SIZE", whole=False),
                    "PMIx: PMIX_LOCAL_SIZE")
     if env.get("PMIX_NAMESPACE"):
         found.tag, found.tag_source = f"pmix.{env['PMIX_NAMESPACE']}", "PMIx: PMIX_NAMESPACE"
@@ -121,8 +122,8 @@ def _flux(env, _proc):
         return None
     found = _Found(tag=f"flux.{env['FLUX_JOB_ID']}", tag_source="Flux: FLUX_JOB_ID")
     if "FLUX_JOB_SIZE" in env:
-        size = parse_count(env["FLUX_JOB_SIZE"], "FLUX_JOB_SIZE", whole=False)
-        nodes = parse_count(env.get("FLUX_JOB_NNODES", "1"), "FLUX_JOB_NNODES", whole=False)
+        size = parse_int(env["FLUX_JOB_SIZE"], "FLUX_JOB_SIZE", whole=False)
+        nodes = parse_int(env.get("FLUX_JOB_NNODES", "1"), "FLUX_JOB_NNODES", whole=False)
         if nodes == 1:
             found.count, found.count_source = size, "Flux: FLUX_JOB_SIZE (one node)"
         elif nodes > 1 and size % nodes == 0:
@@ -147,7 +148,7 @@ def _slurm(env, _proc):
     found = _Found(tag=tag, tag_source="Slurm: SLURM_JOB_ID, SLURM_STEP_ID")
     if "SLURM_STEP_TASKS_PER_NODE" in env:
         counts = expand_tasks_per_node(env["SLURM_STEP_TASKS_PER_NODE"])
-        node = parse_count(env.get("SLURM_NODEID", "0"), "SLURM_NODEID")
+        node = parse_int(env.get("SLURM_NODEID", "0"), "SLURM_NODEID")
         if not 0 <= node < len(counts):
             raise Fatal(f"SLURM_NODEID {node} is outside SLURM_STEP_TASKS_PER_NODE "
                         f"({env['SLURM_STEP_TASKS_PER_NODE']})")
@@ -167,7 +168,7 @@ def _lsf(env, proc):
     short = proc.hostname.split(".")[0]
     for host, count in zip(words[::2], words[1::2]):
         if host == proc.hostname or host.split(".")[0] == short:
-            found.count = parse_count(count, "LSB_MCPU_HOSTS")
+            found.count = parse_int(count, "LSB_MCPU_HOSTS")
             found.count_source = f"LSF: LSB_MCPU_HOSTS, host {host}"
             break
     return found
@@ -177,7 +178,7 @@ def _last_resort(env, _proc):
     """ch-run's last resort for the count: the CPUs Slurm gave this node."""
     if "SLURM_CPUS_ON_NODE" not in env:
         return None
-    found = _Found(parse_count(env["SLURM_CPUS_ON_NODE"], "SLURM_CPUS_ON_NODE", whole=False),
+    found = _Found(parse_int(env["SLURM_CPUS_ON_NODE"], "SLURM_CPUS_ON_NODE", whole=False),
                    "SLURM_CPUS_ON_NODE")
     job = env.get("SLURM_JOB_ID", env.get("SLURM_JOBID"))
     if job:
