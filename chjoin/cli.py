@@ -334,6 +334,7 @@ def join(launch, log):
         return
     from chjoin import ipc
 
+    ipc.stop_on_signals(group.tag)
     member = ipc.arrive(group.tag, group.count, launch.join_terms(), launch.join_timeout, log)
     if member.winner:
         log.info(f"join: won: building the container for {group.count} ranks")
@@ -345,17 +346,20 @@ def join(launch, log):
             raise
         log.info(f"join: holder pid {holder[0]} keeps the container until all have joined")
         member.publish(holder, ns.inodes())
-        member.stay_until_all_inside(member.wait())
+        try:
+            member.stay_until_all_inside(member.wait())
+        except BaseException as e:
+            member.leave(str(e))
+            raise
         return
-    else:
+    try:
         record = member.wait()
         checkpoint("peer", "join")
-        try:
-            pid = ns.join(ipc.keepers(record), record.inodes)
-        except BaseException:
-            member.leave()
-            raise
-        log.info(f"join: joined winner's container through pid {pid}")
+        pid = ns.join(ipc.keepers(record), record.inodes)
+    except BaseException as e:
+        member.leave(str(e))
+        raise
+    log.info(f"join: joined winner's container through pid {pid}")
     member.inside()
 
 

@@ -23,6 +23,7 @@ different configuration or count, or a full group) wait for it to end and then s
 import fcntl
 import mmap
 import os
+import signal
 import struct
 import time
 from binascii import crc32
@@ -36,6 +37,7 @@ MAGIC = b"chjoin\0r"
 VERSION = 1
 MAX_PEERS = 4096
 TICK = 0.1            # seconds between re-reads of the record while waiting
+_DEFERRED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}   # held off while the lock is held
 
 # Record states, and the states of one member's slot.
 FREE, SETUP, READY, FAILED, DONE = range(5)
@@ -217,10 +219,13 @@ class Objects:
         return f"join: can't use {path}: {owner}; another user holds this group's name"
 
     def lock(self, deadline, fd=None):
+        """Take the record's lock, blocking the signals that make a rank leave while we hold
+        it, so that no record is ever left half written."""
         delay = 0.0002
         while True:
             try:
                 fcntl.flock(fd or self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
                 return
             except BlockingIOError:
                 pass
@@ -231,6 +236,7 @@ class Objects:
 
     def unlock(self, fd=None):
         fcntl.flock(fd or self.fd, fcntl.LOCK_UN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
 
     def read(self):
         return Record.load(self.map)
@@ -275,6 +281,27 @@ def settle(objects, rec, before):
 
 def _before(rec):
     return (rec.state, rec.arrived, rec.closed)
+
+
+def stop_on_signals(tag):
+    """While this rank takes part in group `tag`, SIGTERM, SIGINT and SIGHUP (scancel, Ctrl-C,
+    a launcher going away) raise `Fatal` (exit 128+N), so that it leaves the group cleanly
+    rather than die with its slot held. They are held off while we hold the record's lock;
+    the exec of the command resets them."""
+    def stop(signum, _frame):
+        _received.append(signum)
+        raise _stop(tag, signum)
+
+    for signum in _DEFERRED:
+        signal.signal(signum, stop)
+
+
+_received = []
+
+
+def _stop(tag, signum):
+    return Fatal(f"join: group {tag}: {signal.Signals(signum).name} received before the "
+                 "container was ready", 128 + signum)
 
 
 def arrive(tag, expected, terms, timeout, log):
@@ -372,9 +399,16 @@ class Member:
         if rec is not None:
             self.log.info(f"join: container ready; {rec.expected - 1} peers left excluding myself")
 
-    def leave(self):
-        """Out of the group without joining (failure): the last live member out cleans up."""
-        self._update(lambda rec: self._set_slot(rec, GONE))
+    def leave(self, reason=""):
+        """Out of the group without joining (failure): the group fails with `reason` if it is
+        not yet complete; the last live member out cleans up."""
+        def change(rec):
+            self._set_slot(rec, GONE)
+            if rec.arrived < rec.expected and rec.state in (SETUP, READY):
+                why = reason.removeprefix(f"join: group {self.tag}: ")
+                rec.fail(f"rank pid {os.getpid()} left before all {rec.expected} ranks arrived"
+                         f"{': ' + why if why else ''}")
+        self._update(change)
 
     def inside(self):
         """In the container: the last rank in removes the names and dismisses the holder."""
@@ -411,6 +445,9 @@ class Member:
                 self.objects.sem.acquire(max(0.001, min(TICK, self.deadline - now)))
             except posix_ipc.BusyError:
                 pass
+            except posix_ipc.SignalError:    # it swallowed the exception of our handler
+                if _received:
+                    raise _stop(self.tag, _received[-1]) from None
 
     def _time_out(self):
         def change(rec):

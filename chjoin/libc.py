@@ -35,6 +35,7 @@ AT_RECURSIVE = 0x8000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 
 # <sys/prctl.h>
+PR_SET_NAME = 15
 PR_SET_NO_NEW_PRIVS = 38
 
 # x86_64 and aarch64 share these numbers (the generic table).
@@ -105,3 +106,8 @@ def pidfd_send_signal(pidfd, signal):
 
 def no_new_privs():
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+
+
+def set_name(name):
+    """This process's name (`comm`, 15 bytes at most): what ps, pgrep and the epilog see."""
+    _check(_libc.prctl(PR_SET_NAME, ctypes.c_char_p(_bytes(name)), 0, 0, 0))

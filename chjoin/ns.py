@@ -120,6 +120,9 @@ def join_pid(pid):
         os.close(fd)
 
 
+HOLDER_NAME = "chjoin-holder"     # its `comm`, by which slurm/epilog finds what a job left
+
+
 def spawn_holder(keep, tick):
     """Fork the holder: a process that stays in our namespaces while `keep()` says so, checking
     every `tick` seconds. It is a grandchild, reparented away from the command we exec, holds no
@@ -149,6 +152,7 @@ def spawn_holder(keep, tick):
 
 def _hold(keep, tick, time):
     try:
+        libc.set_name(HOLDER_NAME)
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
