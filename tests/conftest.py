@@ -16,6 +16,10 @@ from pathlib import Path
 import pytest
 
 BUSYBOX = "/bin/busybox"
+
+# tests/mpi holds pytest-mpi tests: they run under mpirun or srun (tests/slurm/test_mpi.py
+# starts them), never in the serial session.
+collect_ignore = [] if "--with-mpi" in sys.argv else ["mpi"]
 TEST_USER = os.environ.get("CHJOIN_TEST_USER", "chjoin-test")
 
 
@@ -65,6 +69,37 @@ def image():
     base = world_readable_dir("chjoin-img-")
     root = build_busybox_image(base / "img")
     yield root
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def build_host_image(root):
+    """An image of this host's system, for MPI programs: empty top-level directories and
+    mount points that each run fills with the host's /usr, /opt (the venv and the MPICH shim),
+    the dynamic linker's cache and alternatives, and Slurm's per-node directories."""
+    for d in ("dev", "proc", "sys", "tmp", "etc/alternatives", "home", "root", "usr", "mnt",
+              "opt", "run", "var/spool/slurmd", "var/lib/slurm"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for d in ("bin", "lib", "lib64", "sbin"):
+        if os.path.exists(f"/usr/{d}"):
+            (root / d).symlink_to(f"usr/{d}")
+    for f in ("passwd", "group", "hosts", "resolv.conf", "ld.so.cache"):
+        (root / "etc" / f).write_text("")
+    (root / "tmp").chmod(0o1777)
+    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+    return root
+
+
+HOST_BINDS = ["-b", "/usr", "-b", "/opt", "-b", "/etc/ld.so.cache", "-b", "/etc/alternatives"]
+if os.path.isdir("/var/lib/slurm"):
+    HOST_BINDS += ["-b", "/var/lib/slurm"]      # srun --mpi=pmix's client dirs (ci/slurm-up)
+
+
+@pytest.fixture(scope="session")
+def host_image():
+    """An image whose /usr and /opt are the host's (pass HOST_BINDS): real MPI programs run
+    in it with the host's Python, mpi4py and MPI libraries."""
+    base = world_readable_dir("chjoin-host-img-")
+    yield build_host_image(base / "img")
     shutil.rmtree(base, ignore_errors=True)
 
 
