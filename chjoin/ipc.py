@@ -347,7 +347,9 @@ def arrive(tag, expected, terms, timeout, log):
         finally:
             objects.unlock()
         objects.close()
-        if reason != said:
+        # a failed group's ranks leave within a tick or two: say so only if it lasts
+        passing = rec.state == FAILED and time.monotonic() < deadline - timeout + 1
+        if reason != said and not passing:
             log.warning(f"join: tag {tag} is busy: {reason}; waiting for it to finish")
             said = reason
         if time.monotonic() + TICK > deadline:
