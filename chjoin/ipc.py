@@ -476,8 +476,11 @@ class Member:
     def stay_until_all_inside(self, record):
         """The winner, when the holder is gone: keep the container alive ourselves until every
         live peer is in (or the timeout), since our command may exit at once."""
-        if record.holder[0] and ns.alive(*record.holder):
+        if record.state == DONE or (record.holder[0] and ns.alive(*record.holder)):
             return
+        rec = self._update(lambda rec: None)
+        if rec is None or rec.closed or rec.state != READY:
+            return                  # everyone got in, and the last one dismissed the holder
         self.log.warning(f"join: holder pid {record.holder[0]} is gone; the winner keeps the "
                          "container until its peers are in")
         while time.monotonic() < self.deadline + 2:
