@@ -4,20 +4,18 @@ The command line builds it (`chjoin.cli`); everything below reads it. `join_term
 peers joining one container must agree on.
 """
 
-from dataclasses import dataclass, field
+from chjoin.value import Value
 
 WRITE_FAKE_DEFAULT_SIZE = "12%"
 
 
-@dataclass(frozen=True)
-class BindSpec:
+class BindSpec(Value):
     """One `-b SRC[:DST]`: host SRC at guest DST."""
     src: str
     dst: str
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(Value):
     """Who runs inside: container ids, and the host's passwd/group facts the container shows."""
     uid: int
     gid: int
@@ -28,8 +26,7 @@ class Identity:
     group_name: str          # the host's name of the container gid, or "" if unknown
 
 
-@dataclass(frozen=True)
-class Launch:
+class Launch(Value):
     image: str                       # the host path of the image directory
     image_ref: str                   # what the user typed, for messages
     command: tuple
@@ -49,7 +46,8 @@ class Launch:
     join_tag: str | None = None      # --join-tag
     join_pid: int | None = None      # --join-pid
     join_timeout: float = 30.0       # --join-timeout, $CHJOIN_JOIN_TIMEOUT
-    environ: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    timings: str | None = None       # --timings, $CHJOIN_TIMINGS: "stderr", a file, or None
+    environ: dict                    # the environment the launch reads
 
     def join_terms(self):
         """[(label, text)]: what makes two launches the same container. A peer whose terms differ

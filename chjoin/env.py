@@ -5,30 +5,26 @@ files named by `--set-env` are read before the container is entered; the image's
 `/ch/environment` is read inside it, when `build` meets an `ImageFile` operation.
 """
 
-from dataclasses import dataclass
-
 from chjoin.log import Fatal
+from chjoin.value import Value
 
 IMAGE_ENVIRONMENT = "/ch/environment"
 CH_RUNNING = "Weird Al Yankovic"
 
 
-@dataclass(frozen=True)
-class SetVars:
+class SetVars(Value):
     """Variables from `--set-env VAR=VAL` or a host file, already parsed."""
     pairs: tuple
     expand: bool
 
 
-@dataclass(frozen=True)
-class ImageFile:
+class ImageFile(Value):
     """`--set-env` with no argument: the image's /ch/environment, read inside the container."""
     delimiter: str
     expand: bool
 
 
-@dataclass(frozen=True)
-class Unset:
+class Unset(Value):
     """`--unset-env=GLOB`: remove every variable whose name matches the shell glob."""
     pattern: str
 

@@ -5,15 +5,14 @@ else a directory; else a file with the SquashFS magic; else the reference is no 
 """
 
 import os
-from dataclasses import dataclass
 
 from chjoin.log import EXIT_SQUASH, Fatal
+from chjoin.value import Value
 
 SQUASHFS_MAGIC = b"hsqs"
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(Value):
     path: str        # absolute host path of the image's root directory
     by_name: bool    # found in the storage directory
 

@@ -14,22 +14,18 @@ Pure functions over an environment mapping; the caller supplies the facts about 
 (parent pid, host name, the hydra proxy's pid) that are not in the environment.
 """
 
-import re
-from dataclasses import dataclass
-
 from chjoin.log import Fatal
+from chjoin.value import Value
 
 
-@dataclass(frozen=True)
-class Group:
+class Group(Value):
     tag: str
     tag_source: str
     count: int
     count_source: str
 
 
-@dataclass(frozen=True)
-class Process:
+class Process(Value):
     """What this process knows of itself: the parent pid, the host name, the hydra proxy."""
     ppid: int
     hostname: str = ""
@@ -65,10 +61,11 @@ def expand_tasks_per_node(text):
     """Slurm's compressed list `3,2(x2)` as one count per node: [3, 2, 2]."""
     counts = []
     for item in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", item)
-        if not m:
+        count, paren, times = item.strip().partition("(x")
+        times, close, rest = times.partition(")") if paren else ("1", ")", "")
+        if not (count.isdecimal() and times.isdecimal() and close and not rest):
             raise Fatal(f"SLURM_STEP_TASKS_PER_NODE: can't parse {text!r}")
-        counts += [int(m.group(1))] * int(m.group(2) or 1)
+        counts += [int(count)] * int(times)
     return counts
 
 

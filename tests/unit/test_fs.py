@@ -11,7 +11,8 @@ ALICE = Identity(uid=1000, gid=1000, host_uid=1000, host_gid=1000, user_name="al
 
 
 def launch(**kw):
-    return Launch(image="/img", image_ref="/img", command=("true",), identity=ALICE, **kw)
+    return Launch(image="/img", image_ref="/img", command=("true",), identity=ALICE, environ={},
+                  **kw)
 
 
 def dsts(ops, kind):

@@ -46,6 +46,13 @@ def test_slurm_compressed_task_list_expands_one_entry_per_node(text, counts):
     assert expand_tasks_per_node(text) == counts
 
 
+@pytest.mark.parametrize("text", ["", "a", "2,,3", "2(x)", "2(x3", "2(x3)z", "(x2)", "2(y2)"])
+def test_a_malformed_slurm_task_list_is_named_in_the_error(text):
+    with pytest.raises(Fatal) as error:
+        expand_tasks_per_node(text)
+    assert str(error.value) == f"SLURM_STEP_TASKS_PER_NODE: can't parse {text!r}"
+
+
 def test_srun_one_node_counts_this_step_and_tags_job_and_step():
     group = find(SRUN_1NODE, PROC)
     assert (group.tag, group.count) == ("slurm.8.0", 4)
