@@ -20,10 +20,10 @@ last live member out removes the objects. Ranks that find the name busy with ano
 different configuration or count, or a full group) wait for it to end and then start their own.
 """
 
+import _signal as signal    # `signal` is this plus enums, whose import costs every rank 4 ms
 import fcntl
 import mmap
 import os
-import signal
 import struct
 import time
 from binascii import crc32
@@ -34,10 +34,11 @@ from chjoin import ns
 from chjoin.log import Fatal, checkpoint
 
 MAGIC = b"chjoin\0r"
-VERSION = 1
+VERSION = 2
 MAX_PEERS = 4096
 TICK = 0.1            # seconds between re-reads of the record while waiting
-_DEFERRED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}   # held off while the lock is held
+_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGHUP: "SIGHUP"}
+_DEFERRED = set(_NAMES)   # leave the group when received; held off while the lock is held
 
 # Record states, and the states of one member's slot.
 FREE, SETUP, READY, FAILED, DONE = range(5)
@@ -46,7 +47,7 @@ WAITING, INSIDE, GONE = 1, 2, 3
 # head: magic crc version generation state closed expected arrived holder_pid holder_start
 #       user_ns mnt_ns; then the terms (digest, "label\0text"), the error text, the slots
 _HEAD = struct.Struct("<8sIIQIIIIIQQQ")
-_TERM = struct.Struct("<16s240s")
+_TERM = struct.Struct("<256s")      # "label\0text", a long one shortened by a digest
 _TERMS = 4
 _ERROR = 512
 _SLOT = struct.Struct("<IIQ")            # pid state start
@@ -71,7 +72,7 @@ class Record:
         self.closed = 0               # 1 once the names are removed: the record is history
         self.holder = (0, 0)          # pid, start time
         self.inodes = (0, 0)          # user and mount namespace
-        self.terms = []               # [(digest, "label\0text")]
+        self.terms = []               # ["label\0text"], as `stored_terms` makes them
         self.error = ""
         self.slots = []               # [[pid, state, start]], the winner first
 
@@ -90,9 +91,9 @@ class Record:
          user_ns, mnt_ns) = head
         rec.holder, rec.inodes = (pid, start), (user_ns, mnt_ns)
         for i in range(_TERMS):
-            digest, text = _TERM.unpack_from(buf, _HEAD.size + i * _TERM.size)
-            if digest.strip(b"\0"):
-                rec.terms.append((digest, text.rstrip(b"\0").decode(errors="replace")))
+            term = _TERM.unpack_from(buf, _HEAD.size + i * _TERM.size)[0].rstrip(b"\0")
+            if term:
+                rec.terms.append(term.decode(errors="replace"))
         at = _HEAD.size + _TERMS * _TERM.size
         rec.error = bytes(buf[at:at + _ERROR]).rstrip(b"\0").decode(errors="replace")
         rec.slots = [list(_SLOT.unpack_from(buf, _SLOTS_AT + i * _SLOT.size))
@@ -104,9 +105,8 @@ class Record:
         data = bytearray(_SLOTS_AT + self.expected * _SLOT.size)
         _HEAD.pack_into(data, 0, MAGIC, 0, VERSION, self.generation, self.state, self.closed,
                         self.expected, self.arrived, *self.holder, *self.inodes)
-        for i, (digest, text) in enumerate(self.terms[:_TERMS]):
-            _TERM.pack_into(data, _HEAD.size + i * _TERM.size, digest,
-                            text.encode()[:_TERM.size - 16])
+        for i, term in enumerate(self.terms[:_TERMS]):
+            _TERM.pack_into(data, _HEAD.size + i * _TERM.size, term.encode())
         at = _HEAD.size + _TERMS * _TERM.size
         error = self.error.encode()[:_ERROR]
         data[at:at + len(error)] = error
@@ -124,21 +124,29 @@ class Record:
             self.state, self.error = FAILED, message[:_ERROR]
 
 
-def digest_terms(terms):
-    """[(label, text)] of what peers must agree on, as the record stores them."""
-    import hashlib
-    return [(hashlib.sha256(f"{label}\0{text}".encode()).digest()[:16], f"{label}\0{text}")
-            for label, text in terms]
+def stored_terms(terms):
+    """[(label, text)] of what peers must agree on, as the record stores them: "label\0text",
+    compared whole. A term too long for its field (a long image path, many binds) keeps its
+    start and gets a digest of the whole; only then is `hashlib` (2.5 ms) imported."""
+    stored = []
+    for label, text in terms:
+        term = f"{label}\0{text}"
+        if len(term.encode()) > _TERM.size:
+            import hashlib
+            digest = hashlib.sha256(term.encode()).hexdigest()[:32]
+            term = f"{term.encode()[:_TERM.size - 40].decode(errors='ignore')}...~{digest}"
+        stored.append(term)
+    return stored
 
 
 def difference(rec, expected, terms):
     """What makes a rank with `expected` and `terms` unfit for group `rec`, or "" if nothing."""
     if rec.expected != expected:
         return f"group size {rec.expected}, this rank {expected}"
-    for (digest, text), (mine, my_text) in zip(rec.terms, terms):
-        if digest != mine:
-            label, _, theirs = text.partition("\0")
-            return f"{label} {theirs}, this rank {my_text.partition(chr(0))[2]}"
+    for theirs, mine in zip(rec.terms, terms):
+        if theirs != mine:
+            label, _, text = theirs.partition("\0")
+            return f"{label} {text}, this rank {mine.partition(chr(0))[2]}"
     return ""
 
 
@@ -300,7 +308,7 @@ _received = []
 
 
 def _stop(tag, signum):
-    return Fatal(f"join: group {tag}: {signal.Signals(signum).name} received before the "
+    return Fatal(f"join: group {tag}: {_NAMES[signum]} received before the "
                  "container was ready", 128 + signum)
 
 
@@ -310,7 +318,7 @@ def arrive(tag, expected, terms, timeout, log):
     name = object_name(os.geteuid(), tag)
     deadline = time.monotonic() + timeout
     me = [os.getpid(), WAITING, ns.start_time(os.getpid())]
-    terms = digest_terms(terms)
+    terms = stored_terms(terms)
     said = ""
     while True:
         checkpoint("any", "arrive")
