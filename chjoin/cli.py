@@ -1,33 +1,80 @@
 """The `chjoin` command: ch-run's options turned into a `Launch`, then the launch itself.
 
-`chjoin [OPTIONS] IMAGE -- CMD [ARG...]`. Before click sees the arguments, `normalize` rewrites
-the options in front of IMAGE into `--long=value` form. That gives argp's meaning to the options
-whose value is optional (`-W`, `--write-fake`, `--set-env`, `--set-env0`: a value only when
-attached) and keeps the command-line order of the environment options, which click's per-option
-lists lose.
+`chjoin [OPTIONS] IMAGE -- CMD [ARG...]`. The options are a table (`OPTIONS`) that the parser,
+`normalize`, and `--help` all read. `normalize` first rewrites the options in front of IMAGE into
+`--long[=value]` form: that gives argp's meaning to the options whose value is optional (`-W`,
+`--write-fake`, `--set-env`, `--set-env0`: a value only when attached) and keeps the command-line
+order of the environment options. No option library: every rank on every node parses its
+command line, and click alone cost each of them 20 ms of imports.
 """
 
 import os
 import sys
 
-import click
-
 from chjoin import __version__
 from chjoin import env as envmod
 from chjoin.config import WRITE_FAKE_DEFAULT_SIZE, BindSpec, Identity, Launch
+from chjoin.log import (EXIT_EXEC, EXIT_USAGE, Fatal, Log, Timings, checkpoint, error,
+                        flush_stdio)
 from chjoin.peers import parse_int
-from chjoin.log import EXIT_EXEC, EXIT_USAGE, Fatal, Log, checkpoint, error, flush_stdio
 
 IMAGE_ENV = "\0image"   # the value of a bare --set-env: the image's /ch/environment
+USAGE = "chjoin [OPTIONS] IMAGE -- CMD [ARG...]"
 
-_SHORT_FLAGS = {"q": "quiet", "v": "verbose", "w": "write", "t": "private-tmp", "V": "version",
-                "j": "join"}
-_SHORT_VALUED = {"b": "bind", "c": "cd", "g": "gid", "u": "uid", "s": "storage"}
-_SHORT_OPTIONAL = {"W": "write-fake"}
-_LONG_VALUED = {"bind", "cd", "gid", "uid", "storage", "unset-env", "feature", "join-ct",
-                "join-tag", "join-pid", "join-timeout"}
-_LONG_OPTIONAL = {"set-env": IMAGE_ENV, "set-env0": IMAGE_ENV,
-                  "write-fake": WRITE_FAKE_DEFAULT_SIZE}
+# How an option takes its value: FLAG none, COUNT none and repeatable, VALUE one (the last one
+# given wins), LIST one per use, OPTIONAL only when attached (`--x=V`, `-xV`), else a default;
+# ACTION: done at once, in command-line order (--help, --version, --feature).
+FLAG, COUNT, VALUE, LIST, OPTIONAL, ACTION = range(6)
+
+# (long name, short letter, kind, metavar, help); `--help` lists them in this order.
+OPTIONS = (
+    ("bind", "b", LIST, "SRC[:DST]",
+     "bind-mount host SRC at guest DST (default: same as SRC); repeatable"),
+    ("cd", "c", VALUE, "DIR", "initial working directory in the container"),
+    ("env-no-expand", "", FLAG, "", "don't expand $ in later --set-env values"),
+    ("feature", "", ACTION, "FEAT",
+     "exit 0 if FEAT (extglob, overlayfs, squash, seccomp) is supported, else 1"),
+    ("gid", "g", VALUE, "GID", "run as GID within the container"),
+    ("home", "", FLAG, "", "bind host $HOME at guest /home/$USER (implies -W)"),
+    ("no-passwd", "", FLAG, "", "don't bind-mount generated /etc/{passwd,group}"),
+    ("join", "j", FLAG, "",
+     "use the same container as the other ranks of this launch on this node: one rank "
+     "builds it, the others join it"),
+    ("join-ct", "", VALUE, "N",
+     "number of ranks in the group on this node (default: from the launcher's "
+     "environment); implies --join"),
+    ("join-tag", "", VALUE, "TAG",
+     "name of the group (default: from the launcher's job and step, else the parent pid); "
+     "implies --join"),
+    ("join-pid", "", VALUE, "PID", "join the container of process PID"),
+    ("join-timeout", "", VALUE, "SECONDS",
+     "give up when the group is not complete after SECONDS (default: "
+     "$CHJOIN_JOIN_TIMEOUT, else 30)"),
+    ("quiet", "q", COUNT, "",
+     "print less: -q no warnings, -qq also CMD's stdout, -qqq also its stderr"),
+    ("storage", "s", VALUE, "DIR",
+     "storage directory (default: $CH_IMAGE_STORAGE or /var/tmp/$USER.ch)"),
+    ("set-env", "", OPTIONAL, "ARG",
+     "set variables: VAR=VAL, or a host file of such lines; no ARG: the image's "
+     "/ch/environment"),
+    ("set-env0", "", OPTIONAL, "ARG", "like --set-env, but the file's items are separated by NUL"),
+    ("timings", "", FLAG, "",
+     "print how long each phase took on stderr, in one line (also $CHJOIN_TIMINGS=1; "
+     "$CHJOIN_TIMINGS=FILE appends one JSON object per rank to FILE)"),
+    ("private-tmp", "t", FLAG, "", "use a private tmpfs at /tmp"),
+    ("uid", "u", VALUE, "UID", "run as UID within the container"),
+    ("unset-env", "", LIST, "GLOB",
+     "unset variables whose names match GLOB (extglob, e.g. '!(HOME|PATH)')"),
+    ("verbose", "v", COUNT, "", "print more (repeatable)"),
+    ("write", "w", FLAG, "", "mount the image read-write"),
+    ("write-fake", "W", OPTIONAL, "SIZE",
+     "overlay a tmpfs (default 12% of memory) on the image: writes vanish at exit"),
+    ("help", "?", ACTION, "", "print this help and exit"),
+    ("version", "V", ACTION, "", "print the version and exit"),
+)
+_KIND = {name: kind for name, _, kind, _, _ in OPTIONS}
+_LONG = {short: name for name, short, _, _, _ in OPTIONS if short}
+_DEFAULT = {"set-env": IMAGE_ENV, "set-env0": IMAGE_ENV, "write-fake": WRITE_FAKE_DEFAULT_SIZE}
 _ENV_OPTIONS = ("--set-env=", "--set-env0=", "--unset-env=", "--env-no-expand")
 
 
@@ -42,29 +89,115 @@ def normalize(args):
             return out + [token] + list(args[i:])
         if token.startswith("--"):
             name = token[2:]
-            if "=" in name:
+            kind = _KIND.get(name)
+            if "=" in name or kind is None:
                 out.append(token)
-            elif name in _LONG_OPTIONAL:
-                out.append(f"{token}={_LONG_OPTIONAL[name]}")
-            elif name in _LONG_VALUED and i < len(args):
-                out.append(f"{token}={args[i]}")
-                i += 1
+            elif kind == OPTIONAL:
+                out.append(f"{token}={_DEFAULT[name]}")
+            elif kind in (VALUE, LIST) or name == "feature":
+                if i < len(args):
+                    out.append(f"{token}={args[i]}")
+                    i += 1
+                else:
+                    out.append(token)
             else:
                 out.append(token)
             continue
         for k, c in enumerate(token[1:], start=2):
+            name = _LONG.get(c)
+            kind = _KIND.get(name)
             rest = token[k:]
-            if c in _SHORT_VALUED:
+            if kind in (VALUE, LIST):
                 if not rest and i < len(args):
                     rest = args[i]
                     i += 1
-                out.append(f"--{_SHORT_VALUED[c]}={rest}")
+                out.append(f"--{name}={rest}")
                 break
-            if c in _SHORT_OPTIONAL:
-                out.append(f"--{_SHORT_OPTIONAL[c]}={rest or WRITE_FAKE_DEFAULT_SIZE}")
+            if kind == OPTIONAL:
+                out.append(f"--{name}={rest or _DEFAULT[name]}")
                 break
-            out.append(f"--{_SHORT_FLAGS[c]}" if c in _SHORT_FLAGS else f"-{c}")
+            out.append(f"--{name}" if name else f"-{c}")
     return out
+
+
+class Usage(Exception):
+    """A command line that can't be a launch: ch-run's exit code 64."""
+
+
+def parse(tokens):
+    """Normalized `tokens` into (options, IMAGE, CMD): options by name, as FLAG/COUNT/VALUE/
+    LIST/OPTIONAL give them. ACTION options are done here and end the program."""
+    options = {name: [] if kind in (LIST, OPTIONAL) else 0 if kind in (FLAG, COUNT) else None
+               for name, kind in _KIND.items()}
+    i = 0
+    while i < len(tokens) and tokens[i].startswith("-") and tokens[i] not in ("-", "--"):
+        name, attached, value = tokens[i][2:].partition("=")
+        kind = _KIND.get(name) if tokens[i].startswith("--") else None
+        if kind is None:
+            shown = tokens[i].partition("=")[0] if tokens[i].startswith("--") else tokens[i]
+            raise Usage(f"unknown option: {shown} (see --help)")
+        if attached and kind in (FLAG, COUNT) or (attached and name in ("help", "version")):
+            raise Usage(f"option --{name} takes no value")
+        if not attached and kind in (VALUE, LIST) or (not attached and name == "feature"):
+            raise Usage(f"option --{name} requires an argument")
+        if kind == ACTION:
+            sys.exit(_action(name, value))
+        options[name] = (options[name] + 1 if kind in (FLAG, COUNT) else
+                         options[name] + [value] if kind in (LIST, OPTIONAL) else value)
+        i += 1
+    rest = tokens[i + (tokens[i:i + 1] == ["--"]):]
+    if not rest:
+        raise Usage(f"missing IMAGE: {USAGE} (see --help)")
+    image, command = rest[0], rest[1:]
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise Usage(f"missing command: {USAGE}")
+    return options, image, command
+
+
+def _action(name, value):
+    """--help, --version, --feature=FEAT: print or answer, and the exit code."""
+    if name == "help":
+        print(help_text(), end="")
+        return 0
+    if name == "version":
+        print(__version__)
+        return 0
+    return feature(value)
+
+
+def feature(name):
+    """--feature=FEAT: 0 if supported, 1 if known but not supported here."""
+    if name == "extglob":
+        return 0
+    if name == "overlayfs":
+        with open("/proc/filesystems") as f:
+            return 0 if "\toverlay\n" in f.read() else 1
+    if name in ("squash", "seccomp", "tmpfs-xattrs"):
+        return 1
+    raise Fatal(f"unknown feature: {name}")
+
+
+def help_text(width=80):
+    """--help: the usage line, what chjoin does, and the options as ch-run's argp lays them out."""
+    import textwrap
+
+    about = ("Run CMD in an unprivileged container made from IMAGE: a directory, or the name "
+             "of an image in the storage directory. With --join, the ranks of one launch on one "
+             "node share one container.")
+    lines = [f"Usage: {USAGE}", "", *textwrap.wrap(about, width), ""]
+    for name, short, kind, metavar, text in OPTIONS:
+        names = f"-{short}, --{name}" if short else f"    --{name}"
+        if kind == OPTIONAL:
+            names += f"[={metavar}]"
+        elif metavar:
+            names += f"={metavar}"
+        body = textwrap.wrap(text, width - 30)
+        lines.append(f"  {names:<26}  {body[0]}" if len(names) <= 26 else f"  {names}")
+        lines += [" " * 30 + more for more in body[1 if len(names) <= 26 else 0:]]
+    lines += ["", "Example:", "", "  $ chjoin /data/foo -- echo hello", "  hello", ""]
+    return "\n".join(lines)
 
 
 def parse_id(text, option):
@@ -119,16 +252,16 @@ def env_ops(tokens):
 
 def join_options(o, environ):
     """The --join options as `Launch` fields, checked as ch-run checks them."""
-    join = {"join": bool(o["join"] or o["join_ct"] is not None or o["join_tag"] is not None)}
-    if o["join_ct"] is not None:
-        join["join_count"] = parse_int(o["join_ct"], "--join-ct")
-    join["join_tag"] = o["join_tag"]
-    if o["join_pid"] is not None:
-        pid = parse_int(o["join_pid"], "--join-pid")
+    join = {"join": bool(o["join"] or o["join-ct"] is not None or o["join-tag"] is not None)}
+    if o["join-ct"] is not None:
+        join["join_count"] = parse_int(o["join-ct"], "--join-ct")
+    join["join_tag"] = o["join-tag"]
+    if o["join-pid"] is not None:
+        pid = parse_int(o["join-pid"], "--join-pid")
         if pid != 0 and join["join"]:
             raise Fatal("--join-pid can't be combined with --join, --join-ct or --join-tag")
         join["join_pid"] = pid or None
-    timeout, source = o["join_timeout"], "--join-timeout"
+    timeout, source = o["join-timeout"], "--join-timeout"
     if timeout is None:
         timeout, source = environ.get("CHJOIN_JOIN_TIMEOUT"), "CHJOIN_JOIN_TIMEOUT"
     if timeout is not None:
@@ -139,6 +272,17 @@ def join_options(o, environ):
         if not 0 < join["join_timeout"] < 1e6:
             raise Fatal(f"{source}: must be a positive number of seconds, not {timeout!r}")
     return join
+
+
+def timings_target(flag, environ):
+    """Where --timings / $CHJOIN_TIMINGS send the report: "stderr", a file's absolute path, or
+    None. The variable says 1 (stderr), 0 or nothing (off), or names the file."""
+    value = environ.get("CHJOIN_TIMINGS", "")
+    if flag or value == "1":
+        return "stderr"
+    if value in ("", "0"):
+        return None
+    return os.path.abspath(value)
 
 
 def verbosity_of(verbose, quiet):
@@ -175,102 +319,15 @@ def identity_of(uid, gid, environ):
     return Identity(uid, gid, host_uid, host_gid, user_name, passwd_entry, group_name)
 
 
-def _feature(ctx, _param, value):
-    """--feature=FEAT: exit 0 if supported, 1 if known but not supported here."""
-    if value is None or ctx.resilient_parsing:
-        return
-    if value == "extglob":
-        ctx.exit(0)
-    if value == "overlayfs":
-        with open("/proc/filesystems") as f:
-            ctx.exit(0 if "\toverlay\n" in f.read() else 1)
-    if value in ("squash", "seccomp", "tmpfs-xattrs"):
-        ctx.exit(1)
-    raise Fatal(f"unknown feature: {value}")
-
-
-def _version(ctx, _param, value):
-    if value and not ctx.resilient_parsing:
-        click.echo(__version__)
-        ctx.exit(0)
-
-
-HELP = """Run CMD in an unprivileged container made from IMAGE: a directory, or the name
-of an image in the storage directory.
-
-\b
-Example:
-  $ chjoin /data/foo -- echo hello
-  hello
-"""
-
-
-@click.command(help=HELP, context_settings={"allow_interspersed_args": False,
-                                            "help_option_names": ["--help", "-?"],
-                                            "max_content_width": 100},
-               options_metavar="[OPTIONS]", no_args_is_help=True)
-@click.option("-b", "--bind", "binds", multiple=True, metavar="SRC[:DST]",
-              help="Bind-mount host SRC at guest DST (default: same as SRC). Repeatable.")
-@click.option("-c", "--cd", metavar="DIR", help="Initial working directory in the container.")
-@click.option("--env-no-expand", is_flag=True, help="Don't expand $ in later --set-env values.")
-@click.option("--feature", metavar="FEAT", expose_value=False, is_eager=True, callback=_feature,
-              help="Exit 0 if FEAT (extglob, overlayfs, squash, seccomp) is supported, else 1.")
-@click.option("-g", "--gid", metavar="GID", help="Run as GID within the container.")
-@click.option("--home", is_flag=True, help="Bind host $HOME at guest /home/$USER (implies -W).")
-@click.option("--no-passwd", is_flag=True, help="Don't bind-mount generated /etc/{passwd,group}.")
-@click.option("-j", "--join", is_flag=True,
-              help="Use the same container as the other ranks of this launch on this node: one "
-                   "rank builds it, the others join it.")
-@click.option("--join-ct", metavar="N",
-              help="Number of ranks in the group on this node (default: from the launcher's "
-                   "environment). Implies --join.")
-@click.option("--join-tag", metavar="TAG",
-              help="Name of the group (default: from the launcher's job and step, else the "
-                   "parent pid). Implies --join.")
-@click.option("--join-pid", metavar="PID", help="Join the container of process PID.")
-@click.option("--join-timeout", metavar="SECONDS",
-              help="Give up when the group is not complete after SECONDS (default: "
-                   "$CHJOIN_JOIN_TIMEOUT, else 30).")
-@click.option("-q", "--quiet", count=True,
-              help="Print less: -q no warnings, -qq also CMD's stdout, -qqq also its stderr.")
-@click.option("-s", "--storage", metavar="DIR",
-              help="Storage directory (default: $CH_IMAGE_STORAGE or /var/tmp/$USER.ch).")
-@click.option("--set-env", "set_env", multiple=True, metavar="[=ARG]",
-              help="Set variables: VAR=VAL, or a host file of such lines; no ARG: the image's "
-                   "/ch/environment.")
-@click.option("--set-env0", "set_env0", multiple=True, metavar="[=ARG]",
-              help="Like --set-env, but the file's items are separated by NUL.")
-@click.option("-t", "--private-tmp", is_flag=True, help="Use a private tmpfs at /tmp.")
-@click.option("-u", "--uid", metavar="UID", help="Run as UID within the container.")
-@click.option("--unset-env", multiple=True, metavar="GLOB",
-              help="Unset variables whose names match GLOB (extglob, e.g. '!(HOME|PATH)').")
-@click.option("-v", "--verbose", count=True, help="Print more (repeatable).")
-@click.option("-w", "--write", is_flag=True, help="Mount the image read-write.")
-@click.option("-W", "--write-fake", metavar="[=SIZE]",
-              help="Overlay a tmpfs (default 12%% of memory) on the image: writes vanish at exit.")
-@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
-              callback=_version, help="Print the version and exit.")
-@click.argument("image", metavar="IMAGE")
-@click.argument("command", nargs=-1, metavar="-- CMD [ARG...]")
-@click.pass_context
-def command(ctx, image, command, **options):
-    cmd = list(command)
-    if cmd[:1] == ["--"]:
-        cmd = cmd[1:]
-    if not cmd:
-        raise click.UsageError("missing command: chjoin [OPTIONS] IMAGE -- CMD [ARG...]")
-    ctx.obj = make_launch(image, cmd, options, ctx.meta["tokens"], os.environ)
-
-
-def make_launch(image_ref, cmd, o, tokens, environ):
+def make_launch(image_ref, cmd, o, tokens, environ, clock):
     """Check every option as ch-run does and decide the whole launch; touches nothing."""
     from chjoin import image as imagemod
 
     verbosity = verbosity_of(o["verbose"], o["quiet"])
-    binds = tuple(parse_bind(b) for b in o["binds"])
+    binds = tuple(parse_bind(b) for b in o["bind"])
     identity = identity_of(o["uid"], o["gid"], environ)
     ops = env_ops(tokens)
-    write_fake = o["write_fake"]
+    write_fake = o["write-fake"][-1] if o["write-fake"] else None
     home = None
     if o["home"]:
         home = environ.get("HOME")
@@ -279,25 +336,29 @@ def make_launch(image_ref, cmd, o, tokens, environ):
         write_fake = write_fake or WRITE_FAKE_DEFAULT_SIZE
     join = join_options(o, environ)
     storage = o["storage"] or imagemod.default_storage(environ)
+    clock.done("parse")
     found = imagemod.find(image_ref, storage)
     if found.by_name and o["write"]:
         raise Fatal("--write invalid when running by name")
+    clock.done("image")
     return Launch(image=found.path, image_ref=image_ref, command=tuple(cmd), identity=identity,
-                  binds=binds, cd=o["cd"], write=o["write"], write_fake=write_fake, home=home,
-                  private_tmp=o["private_tmp"], host_tmp=environ.get("TMPDIR") or "/tmp",
-                  generate_passwd=not o["no_passwd"], env_ops=ops, verbosity=verbosity,
-                  environ=dict(environ), **join)
+                  binds=binds, cd=o["cd"], write=bool(o["write"]), write_fake=write_fake,
+                  home=home, private_tmp=bool(o["private-tmp"]),
+                  host_tmp=environ.get("TMPDIR") or "/tmp",
+                  generate_passwd=not o["no-passwd"], env_ops=ops, verbosity=verbosity,
+                  timings=timings_target(o["timings"], environ), environ=dict(environ), **join)
 
 
-def run(launch, closed_stdio=()):
+def run(launch, clock, closed_stdio=()):
     """Build or join the container and exec the command in it; returns only by raising `Fatal`."""
     from chjoin import libc, ns
 
-    log = Log(launch.verbosity)
+    log = Log(launch.verbosity, clock)
     ident = launch.identity
     log.info(f"image: {launch.image}; container ids {ident.uid}:{ident.gid}")
     if launch.join_pid is not None:
         ns.join_pid(launch.join_pid)
+        clock.done("join")
         log.info(f"join: joined the namespaces of pid {launch.join_pid}")
     elif launch.join:
         join(launch, log)
@@ -305,8 +366,9 @@ def run(launch, closed_stdio=()):
         build(launch, log)
     home = f"/home/{ident.user_name}" if launch.home else None
     environment = envmod.build(launch.environ, launch.env_ops, home, os.path.isdir("/root"))
+    clock.done("environment")
     exec_command(launch.command, environment, launch.cd or "/", launch.verbosity, libc,
-                 closed_stdio)
+                 clock, closed_stdio)
 
 
 def build(launch, log):
@@ -315,45 +377,59 @@ def build(launch, log):
 
     ident = launch.identity
     ns.enter_outer(ident.host_uid, ident.host_gid)
+    log.clock.done("namespaces")
     checkpoint("winner", "setup")
     fs.apply(fs.plan(launch), launch.image, log)
+    log.clock.done("filesystem")
     ns.enter_inner(ident.uid, ident.gid)
+    log.clock.done("namespaces")
 
 
 def join(launch, log):
     """--join: find the group, then build its container (winner) or enter it (peer)."""
     from chjoin import ns, peers
 
+    clock = log.clock
     group = peers.find(launch.environ, peers.this_process(launch.environ), launch.join_tag,
                        launch.join_count)
+    clock.group = (group.tag, group.count)
     log.info(f"join: peer group tag {group.tag} (from {group.tag_source})")
     log.info(f"join: peer group size {group.count} (from {group.count_source})")
+    clock.done("discovery")
     if group.count == 1:
         log.info("join: a group of one: nobody to wait for")
+        clock.role = "winner"
         build(launch, log)
         return
     from chjoin import ipc
 
     ipc.stop_on_signals(group.tag)
     member = ipc.arrive(group.tag, group.count, launch.join_terms(), launch.join_timeout, log)
+    clock.done("wait")
     if member.winner:
+        clock.role = "winner"
         log.info(f"join: won: building the container for {group.count} ranks")
         try:
             build(launch, log)
-            holder = ns.spawn_holder(member.holding, ipc.TICK)
+            holder = ns.spawn_holder(member.holding, ipc.TICK, clock)
+            clock.done("namespaces")
         except BaseException as e:
             member.failed(str(e) if isinstance(e, Fatal) else f"{type(e).__name__}: {e}")
             raise
         log.info(f"join: holder pid {holder[0]} keeps the container until all have joined")
         member.publish(holder, ns.inodes())
+        clock.done("join")
         try:
             member.stay_until_all_inside(member.wait())
         except BaseException as e:
             member.leave(str(e))
             raise
+        clock.done("wait")
         return
+    clock.role = "peer"
     try:
         record = member.wait()
+        clock.done("wait")
         checkpoint("peer", "join")
         pid = ns.join(ipc.keepers(record), record.inodes)
     except BaseException as e:
@@ -361,16 +437,18 @@ def join(launch, log):
         raise
     log.info(f"join: joined winner's container through pid {pid}")
     member.inside()
+    clock.done("join")
 
 
-def exec_command(cmd, environment, cwd, verbosity, libc, closed_stdio=()):
-    """chdir, no_new_privs, quiet redirections, the launcher's closed stdio closed again, then
-    execvpe with the container's PATH."""
+def exec_command(cmd, environment, cwd, verbosity, libc, clock, closed_stdio=()):
+    """chdir, no_new_privs, the timings report, quiet redirections, the launcher's closed stdio
+    closed again, then execvpe with the container's PATH."""
     try:
         os.chdir(cwd)
     except OSError as e:
         raise Fatal(f"can't cd to {cwd}: {e.strerror}") from None
     libc.no_new_privs()
+    clock.report()
     for fd, level in ((1, -2), (2, -3)):
         if verbosity <= level:
             null = os.open("/dev/null", os.O_WRONLY)
@@ -380,25 +458,47 @@ def exec_command(cmd, environment, cwd, verbosity, libc, closed_stdio=()):
     for fd in closed_stdio:
         os.close(fd)
     try:
-        os.execvpe(cmd[0], cmd, environment)
+        execvpe(cmd, environment)
     except OSError as e:
         raise Fatal(f"can't execve(2): {cmd[0]}: {e.strerror}", EXIT_EXEC) from None
 
 
+def execvpe(cmd, environment):
+    """execvpe(3): run `cmd`, searched for in the container's $PATH. Not `os.execvpe`, which
+    imports `warnings` at this point, from a host directory the container no longer shows."""
+    if "/" in cmd[0]:
+        os.execve(cmd[0], cmd, environment)
+    found = None
+    for directory in environment.get("PATH", os.defpath).split(":"):
+        try:
+            os.execve(f"{directory or '.'}/{cmd[0]}", cmd, environment)
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+            if not isinstance(found, PermissionError):   # as execvp(3): EACCES wins
+                found = e
+    raise found or FileNotFoundError(2, "No such file or directory")
+
+
 def main(argv=None):
     """Console entry point: parse, launch, and turn every failure into one line and an exit code."""
+    clock = Timings()
     closed_stdio = open_closed_stdio()
-    tokens = normalize(sys.argv[1:] if argv is None else argv)
     try:
-        launch = _parse(tokens)
-        if isinstance(launch, int):
-            sys.exit(launch)
-        run(launch, closed_stdio)
+        tokens = normalize(sys.argv[1:] if argv is None else argv)
+        try:
+            options, image, command = parse(tokens)
+        except Usage as e:
+            error(str(e))
+            sys.exit(EXIT_USAGE)
+        launch = make_launch(image, command, options, tokens, os.environ, clock)
+        clock.open(launch.timings)
+        run(launch, clock, closed_stdio)
     except Fatal as e:
+        clock.report(failed=True)
         error(str(e))
         flush_stdio()
         sys.exit(e.code)
     except OSError as e:
+        clock.report(failed=True)
         error(f"{e.strerror or e}{': ' + e.filename if e.filename else ''}")
         sys.exit(31)
 
@@ -418,17 +518,3 @@ def open_closed_stdio():
             os.dup2(null, fd)
             os.close(null)
     return tuple(closed)
-
-
-def _parse(tokens):
-    """Run click over `tokens`: a `Launch`, or an exit code when there is nothing to launch."""
-    try:
-        with command.make_context("chjoin", list(tokens)) as ctx:
-            ctx.meta["tokens"] = tokens
-            command.invoke(ctx)
-            return ctx.obj
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.UsageError as e:
-        error(e.format_message().splitlines()[0])
-        return EXIT_USAGE

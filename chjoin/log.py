@@ -1,4 +1,5 @@
-"""Messages in ch-run's form, `chjoin[PID]: level: message`, and the exit codes that go with them.
+"""Messages in ch-run's form, `chjoin[PID]: level: message`, the exit codes that go with them, and
+the per-phase timings of `--timings`.
 
 Verbosity is a plain integer carried by the caller: -1..-3 for -q, 0 by default, 1..3 for -v.
 Fatal errors are exceptions (`Fatal`), printed once by the command line and turned into an exit
@@ -7,6 +8,7 @@ code there, so that no module below `cli` ever calls `sys.exit`.
 
 import os
 import sys
+import time
 
 # Exit codes, as ch-run 0.45 uses them.
 EXIT_ERROR = 31
@@ -39,8 +41,9 @@ def emit(level, message):
 class Log:
     """Leveled messages for one launch: `warning` shows unless -q, `info` from -v, `debug` from -vv."""
 
-    def __init__(self, verbosity=0):
+    def __init__(self, verbosity=0, clock=None):
         self.verbosity = verbosity
+        self.clock = clock or Timings()      # the launch's phase timings
 
     def warning(self, message):
         if self.verbosity >= 0:
@@ -75,3 +78,77 @@ def checkpoint(role, phase):
     stops = os.environ.get("CHJOIN_TEST_STOP")
     if stops and (f"{role}:{phase}" in stops.split(",") or f"any:{phase}" in stops.split(",")):
         os.kill(os.getpid(), 19)
+
+
+class Timings:
+    """How long each phase of one rank took, for `--timings` and `$CHJOIN_TIMINGS`: one line on
+    stderr, or one JSON object appended to a file (opened at once, since the file is a host path
+    and the report is written from inside the container)."""
+
+    PHASES = ("parse", "image", "discovery", "wait", "namespaces", "filesystem", "join",
+              "environment", "hold")
+
+    def __init__(self):
+        self.started = self.last = time.perf_counter()
+        self.startup_cpu = time.process_time()   # the interpreter's start-up, before our code
+        self.took = {}
+        self.role = "single"
+        self.group = None         # (tag, count) when the rank joined a group
+        self.fd = None            # where the report goes: None (nowhere), 2, or a file
+
+    def done(self, phase):
+        """`phase` ended now: the time since the last phase ended counts for it."""
+        now = time.perf_counter()
+        self.took[phase] = self.took.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def open(self, target):
+        """Report to `target`: None, "stderr", or the path of a file to append to."""
+        if target == "stderr":
+            self.fd = 2
+        elif target:
+            try:
+                self.fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                                  0o644)
+            except OSError as e:
+                raise os_error(f"--timings: can't open {target}", e) from None
+
+    def holding(self):
+        """In the holder, just forked: from now on the timings are the holder's."""
+        self.role, self.took, self.startup_cpu = "holder", {}, 0.0
+        self.started = self.last = time.perf_counter()
+
+    def report(self, failed=False):
+        """Write this rank's timings, once; never raises."""
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        phases = [(p, self.took[p] * 1000) for p in self.PHASES if p in self.took]
+        total = (self.last - self.started) * 1000
+        if fd == 2:
+            spent = "  ".join(f"{p} {ms:.1f}" for p, ms in phases)
+            line = (f"chjoin[{os.getpid()}]: timings: {self.role}  {spent}  total {total:.1f} ms"
+                    f" (start-up before that: {self.startup_cpu * 1000:.1f} ms cpu)"
+                    f"{'; failed' if failed else ''}\n")
+        else:
+            fields = {"pid": os.getpid(), "host": os.uname().nodename, "role": self.role,
+                      "failed": failed, "startup_cpu_ms": round(self.startup_cpu * 1000, 3),
+                      "total_ms": round(total, 3)}
+            if self.group:
+                fields["tag"], fields["count"] = self.group
+            fields.update((f"{p}_ms", round(ms, 3)) for p, ms in phases)
+            line = "{" + ", ".join(f"{_json(k)}: {_json(v)}" for k, v in fields.items()) + "}\n"
+        try:
+            os.write(fd, line.encode(errors="replace"))
+        except OSError:
+            pass
+
+
+def _json(value):
+    """A number or string as JSON: the `json` module would cost every reporting rank 5 ms."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if not isinstance(value, str):
+        return repr(value)
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + "".join(c if c >= " " else f"\\u{ord(c):04x}" for c in escaped) + '"'

@@ -123,10 +123,10 @@ def join_pid(pid):
 HOLDER_NAME = "chjoin-holder"     # its `comm`, by which slurm/epilog finds what a job left
 
 
-def spawn_holder(keep, tick):
+def spawn_holder(keep, tick, clock):
     """Fork the holder: a process that stays in our namespaces while `keep()` says so, checking
     every `tick` seconds. It is a grandchild, reparented away from the command we exec, holds no
-    stdio, and ends at a SIGTERM. Returns (pid, start time)."""
+    stdio, ends at a SIGTERM, and reports its `clock` as the holder's. Returns (pid, start time)."""
     import struct
     import time
 
@@ -138,7 +138,7 @@ def spawn_holder(keep, tick):
             holder = os.fork()
             if holder == 0:
                 os.close(write_end)
-                _hold(keep, tick, time)
+                _hold(keep, tick, time, clock)
             os.write(write_end, struct.pack("<i", holder))
         finally:
             os._exit(0)
@@ -150,7 +150,8 @@ def spawn_holder(keep, tick):
     return pid, start_time(pid)
 
 
-def _hold(keep, tick, time):
+def _hold(keep, tick, time, clock):
+    clock.holding()
     try:
         libc.set_name(HOLDER_NAME)
         null = os.open("/dev/null", os.O_RDWR)
@@ -162,4 +163,6 @@ def _hold(keep, tick, time):
             time.sleep(tick)
     except BaseException:
         pass
+    clock.done("hold")
+    clock.report()
     os._exit(0)

@@ -60,7 +60,13 @@ CASES = [
      "group lonely: timed out after 0.5 s with 1 of 2 ranks arrived"),
     (["{img}", "--", "no-such-command"], 49, "can't execve\\(2\\): no-such-command"),
     (["{img}"], 64, "missing command"),
-    (["--no-such-option", "{img}", "--", "true"], 64, "No such option"),
+    ([], 64, "^missing IMAGE: chjoin \\[OPTIONS\\] IMAGE -- CMD"),
+    (["-v"], 64, "^missing IMAGE"),
+    (["--no-such-option", "{img}", "--", "true"], 64, "^unknown option: --no-such-option "),
+    (["-x", "{img}", "--", "true"], 64, "^unknown option: -x "),
+    (["--bind"], 64, "^option --bind requires an argument$"),
+    (["--write=yes", "{img}", "--", "true"], 64, "^option --write takes no value$"),
+    (["--timings=FILE", "{img}", "--", "true"], 64, "^option --timings takes no value$"),
 ]
 
 

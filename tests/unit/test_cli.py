@@ -1,9 +1,13 @@
-"""Option parsing: argp's optional values, ch-run's integer and bind messages, env option order."""
+"""Option parsing: argp's optional values, ch-run's integer and bind messages, env option order,
+usage errors, --help, and where --timings goes."""
+
+import os
 
 import pytest
 
 from chjoin import env
-from chjoin.cli import IMAGE_ENV, env_ops, normalize, parse_bind, parse_int, verbosity_of
+from chjoin.cli import (IMAGE_ENV, OPTIONS, Usage, env_ops, help_text, normalize, parse,
+                        parse_bind, parse_int, timings_target, verbosity_of)
 from chjoin.config import BindSpec
 from chjoin.log import Fatal
 
@@ -79,3 +83,63 @@ def test_verbose_and_quiet_exclude_each_other():
         verbosity_of(1, 1)
     assert verbosity_of(2, 0) == 2
     assert verbosity_of(0, 3) == -3
+
+
+def test_parse_gives_each_kind_of_option_its_value():
+    options, image, command = parse(normalize(
+        ["-vv", "-b", "/a", "-b/b:/c", "-c", "/x", "-c/y", "--set-env", "-W", "-j", "img", "--",
+         "ls", "-l"]))
+    assert (image, command) == ("img", ["ls", "-l"])
+    assert options["verbose"] == 2 and options["quiet"] == 0
+    assert options["bind"] == ["/a", "/b:/c"]
+    assert options["cd"] == "/y"
+    assert options["set-env"] == [IMAGE_ENV]
+    assert options["write-fake"] == ["12%"]
+    assert options["join"] and not options["write"]
+    assert options["uid"] is None
+
+
+@pytest.mark.parametrize("args, image, command", [
+    (["img", "true"], "img", ["true"]),
+    (["img", "--", "--", "x"], "img", ["--", "x"]),
+    (["--", "img", "--", "true"], "img", ["true"]),
+    (["-v", "--", "-img-", "true"], "-img-", ["true"]),
+])
+def test_image_and_command_around_double_dashes(args, image, command):
+    assert parse(normalize(args))[1:] == (image, command)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "missing IMAGE"), (["-v", "--"], "missing IMAGE"), (["img", "--"], "missing command"),
+    (["--nope", "img", "true"], "unknown option: --nope "),
+    (["-Z", "img", "true"], "unknown option: -Z "),
+    (["--cd"], "option --cd requires an argument"),
+    (["--join=3", "img", "true"], "option --join takes no value"),
+    (["--help=me"], "option --help takes no value"),
+])
+def test_usage_errors(args, message):
+    with pytest.raises(Usage, match=message):
+        parse(normalize(args))
+
+
+def test_help_lists_every_option_in_argp_style():
+    text = help_text()
+    assert text.startswith("Usage: chjoin [OPTIONS] IMAGE -- CMD [ARG...]\n")
+    for name, short, *_ in OPTIONS:
+        assert f"--{name}" in text
+        if short:
+            assert f"-{short}, --{name}" in text
+    assert "  -W, --write-fake[=SIZE]" in text and "12% of memory" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+@pytest.mark.parametrize("flag, value, target", [
+    (0, None, None), (0, "", None), (0, "0", None), (1, None, "stderr"), (0, "1", "stderr"),
+    (0, "/tmp/t.json", "/tmp/t.json"), (1, "/tmp/t.json", "stderr")])
+def test_timings_go_to_stderr_a_file_or_nowhere(flag, value, target):
+    environ = {} if value is None else {"CHJOIN_TIMINGS": value}
+    assert timings_target(flag, environ) == target
+
+
+def test_relative_timings_file_is_made_absolute_before_the_container_changes_cwd():
+    assert timings_target(0, {"CHJOIN_TIMINGS": "t.json"}) == os.path.join(os.getcwd(), "t.json")

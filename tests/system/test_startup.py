@@ -1,0 +1,34 @@
+"""Start-up is a feature: every rank on every node runs chjoin, so the launch path imports no
+module that costs milliseconds (`python -X importtime` shows what each rank loaded)."""
+
+import re
+
+import pytest
+
+# Each of these cost a rank 2 to 25 ms of CPU when chjoin imported them (click, dataclasses via
+# inspect, re, enum via signal, hashlib via OpenSSL, json via re, warnings via os.execvpe).
+HEAVY = {"click", "dataclasses", "inspect", "re", "enum", "hashlib", "json", "typing",
+         "warnings", "signal", "subprocess", "pathlib"}
+
+
+def imported(stderr):
+    return set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", stderr, re.M))
+
+
+def test_a_single_launch_imports_nothing_heavy(as_user, image):
+    result = as_user.run(image, "--", "true", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.returncode == 0, result.stderr
+    modules = imported(result.stderr)
+    assert "chjoin.cli" in modules
+    assert modules & HEAVY == set()
+
+
+@pytest.mark.parametrize("timings", [[], ["--timings"]])
+def test_winner_and_peers_import_nothing_heavy(as_user, image, timings):
+    group = as_user.group([*timings, "--join-ct=3", "--join-tag=light", image, "--", "true"],
+                          [{}] * 3, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert group.returncodes == [0] * 3, [r.stderr for r in group.ranks]
+    for rank in group.ranks:
+        modules = imported(rank.stderr)
+        assert "chjoin.ipc" in modules
+        assert modules & HEAVY == set()
