@@ -171,6 +171,14 @@ def repair(rec, thorough):
                  "it exited before the others joined")
 
 
+def needs_repair(rec, thorough):
+    """Whether `repair` would change `rec`: decided on a copy read without the lock, so that
+    waiting ranks take the lock only when there is something to repair."""
+    before = _before(rec)
+    repair(rec, thorough)
+    return _before(rec) != before
+
+
 def keepers(rec):
     """Live processes that hold the container's namespaces: the holder, then members inside."""
     found = [rec.holder] if rec.holder[0] and ns.alive(*rec.holder) else []
@@ -272,7 +280,8 @@ class Objects:
 def settle(objects, rec, before):
     """Store `rec` after a change made under the lock; wake the waiters if the state moved on or
     the group became complete; once the generation is over, remove the names and the holder."""
-    if rec.state == READY and rec.arrived == rec.expected and not rec.waiting():
+    # DONE once nobody waits; a waiter that died is the holder's to find (`repair`, each tick)
+    if rec.state == READY and rec.arrived == rec.expected and not _waiting_slots(rec):
         rec.state = DONE
     over = rec.state == DONE or (rec.state == FAILED and not rec.waiting())
     if over:
@@ -285,6 +294,10 @@ def settle(objects, rec, before):
         objects.remove()
         if rec.holder[0] and rec.holder[0] != os.getpid():
             ns.dismiss(*rec.holder)
+
+
+def _waiting_slots(rec):
+    return any(state == WAITING for _, state, _ in rec.slots)
 
 
 def _before(rec):
@@ -328,7 +341,7 @@ def arrive(tag, expected, terms, timeout, log):
             checkpoint("any", "locked")
             if rec is not None and not rec.closed:
                 before = _before(rec)
-                repair(rec, thorough=True)
+                repair(rec, thorough=False)     # members: the holder checks them each tick
                 if _before(rec) != before:
                     settle(objects, rec, before)
             if rec is None or rec.closed or rec.state in (FREE, DONE):
@@ -449,7 +462,8 @@ class Member:
                 self._time_out()
             if now - last_check >= TICK:
                 last_check = now
-                self._update(lambda rec: repair(rec, thorough=self.winner))
+                if needs_repair(rec, thorough=self.winner):
+                    self._update(lambda rec: repair(rec, thorough=self.winner))
                 continue
             try:
                 self.objects.sem.acquire(max(0.001, min(TICK, self.deadline - now)))
