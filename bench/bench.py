@@ -1,7 +1,7 @@
 """chjoin and ch-run side by side, in one run, alternating: the measurements behind
 docs/BENCHMARKS.md. `bench/run` sets up the machine and calls this; see its header.
 
-    python bench/bench.py --venv V --image IMG --out DIR [--quick] [--slurm]
+    python bench/bench.py --venv V --image IMG --out DIR [--quick] [--slurm=SHAPE ...]
 
 Every case runs each tool in turn, repetition after repetition, so that a change in the machine's
 load reaches all tools alike; the report gives medians, and chjoin's ratio to ch-run (or to the
@@ -346,8 +346,8 @@ def main():
     parser.add_argument("--image", required=True)
     parser.add_argument("--out", required=True, help="where BENCHMARKS.md and the plot go")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--slurm", nargs="*", default=[], metavar="SHAPE",
-                        help="srun shapes to measure, e.g. '-n16' '-N3 -n7'")
+    parser.add_argument("--slurm", action="append", default=[], metavar="SHAPE",
+                        help="an srun shape to measure, e.g. --slurm=-n16 --slurm='-N3 -n7'")
     parser.add_argument("--only-slurm", action="store_true",
                         help="measure only the srun shapes, added to OUT/benchmarks.json")
     args = parser.parse_args()
