@@ -1,4 +1,4 @@
-"""The `chjoin` command: ch-run's options turned into a `Launch`, then the launch itself.
+"""The `chjoin` command: ch-run's options turned into a `Launch`, handed to `chjoin.launch`.
 
 `chjoin [OPTIONS] IMAGE -- CMD [ARG...]`. The options are a table (`OPTIONS`) that the parser,
 `normalize`, and `--help` all read. `normalize` first rewrites the options in front of IMAGE into
@@ -14,8 +14,7 @@ import sys
 from chjoin import __version__
 from chjoin import env as envmod
 from chjoin.config import WRITE_FAKE_DEFAULT_SIZE, BindSpec, Identity, Launch
-from chjoin.log import (EXIT_EXEC, EXIT_USAGE, Fatal, Log, Timings, checkpoint, error,
-                        flush_stdio)
+from chjoin.log import EXIT_USAGE, Fatal, Timings, error, flush_stdio
 from chjoin.peers import parse_int
 
 IMAGE_ENV = "\0image"   # the value of a bare --set-env: the image's /ch/environment
@@ -349,135 +348,6 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
                   timings=timings_target(o["timings"], environ), environ=dict(environ), **join)
 
 
-def run(launch, clock, closed_stdio=()):
-    """Build or join the container and exec the command in it; returns only by raising `Fatal`."""
-    from chjoin import libc, ns
-
-    log = Log(launch.verbosity, clock)
-    ident = launch.identity
-    log.info(f"image: {launch.image}; container ids {ident.uid}:{ident.gid}")
-    if launch.join_pid is not None:
-        ns.join_pid(launch.join_pid)
-        clock.done("join")
-        log.info(f"join: joined the namespaces of pid {launch.join_pid}")
-    elif launch.join:
-        join(launch, log)
-    else:
-        build(launch, log)
-    home = f"/home/{ident.user_name}" if launch.home else None
-    environment = envmod.build(launch.environ, launch.env_ops, home, os.path.isdir("/root"))
-    clock.done("environment")
-    exec_command(launch.command, environment, launch.cd or "/", launch.verbosity, libc,
-                 clock, closed_stdio)
-
-
-def build(launch, log):
-    """Make the container: namespaces, filesystem, pivot; we end up inside it."""
-    from chjoin import fs, ns
-
-    ident = launch.identity
-    ns.enter_outer(ident.host_uid, ident.host_gid)
-    log.clock.done("namespaces")
-    checkpoint("winner", "setup")
-    fs.apply(fs.plan(launch), launch.image, log)
-    log.clock.done("filesystem")
-    ns.enter_inner(ident.uid, ident.gid)
-    log.clock.done("namespaces")
-
-
-def join(launch, log):
-    """--join: find the group, then build its container (winner) or enter it (peer)."""
-    from chjoin import ns, peers
-
-    clock = log.clock
-    group = peers.find(launch.environ, peers.this_process(launch.environ), launch.join_tag,
-                       launch.join_count)
-    clock.group = (group.tag, group.count)
-    log.info(f"join: peer group tag {group.tag} (from {group.tag_source})")
-    log.info(f"join: peer group size {group.count} (from {group.count_source})")
-    clock.done("discovery")
-    if group.count == 1:
-        log.info("join: a group of one: nobody to wait for")
-        clock.role = "winner"
-        build(launch, log)
-        return
-    from chjoin import ipc
-
-    ipc.stop_on_signals(group.tag)
-    member = ipc.arrive(group.tag, group.count, launch.join_terms(), launch.join_timeout, log)
-    clock.done("wait")
-    if member.winner:
-        clock.role = "winner"
-        log.info(f"join: won: building the container for {group.count} ranks")
-        try:
-            build(launch, log)
-            holder = ns.spawn_holder(member.holding, ipc.TICK, clock)
-            clock.done("namespaces")
-        except BaseException as e:
-            member.failed(str(e) if isinstance(e, Fatal) else f"{type(e).__name__}: {e}")
-            raise
-        log.info(f"join: holder pid {holder[0]} keeps the container until all have joined")
-        member.publish(holder, ns.inodes())
-        clock.done("join")
-        try:
-            member.stay_until_all_inside(member.wait())
-        except BaseException as e:
-            member.leave(str(e))
-            raise
-        clock.done("wait")
-        return
-    clock.role = "peer"
-    try:
-        record = member.wait()
-        clock.done("wait")
-        checkpoint("peer", "join")
-        pid = ns.join(ipc.keepers(record), record.inodes)
-    except BaseException as e:
-        member.leave(str(e))
-        raise
-    log.info(f"join: joined winner's container through pid {pid}")
-    member.inside()
-    clock.done("join")
-
-
-def exec_command(cmd, environment, cwd, verbosity, libc, clock, closed_stdio=()):
-    """chdir, no_new_privs, the timings report, quiet redirections, the launcher's closed stdio
-    closed again, then execvpe with the container's PATH."""
-    try:
-        os.chdir(cwd)
-    except OSError as e:
-        raise Fatal(f"can't cd to {cwd}: {e.strerror}") from None
-    libc.no_new_privs()
-    clock.report()
-    for fd, level in ((1, -2), (2, -3)):
-        if verbosity <= level:
-            null = os.open("/dev/null", os.O_WRONLY)
-            os.dup2(null, fd)
-            os.close(null)
-    flush_stdio()
-    for fd in closed_stdio:
-        os.close(fd)
-    try:
-        execvpe(cmd, environment)
-    except OSError as e:
-        raise Fatal(f"can't execve(2): {cmd[0]}: {e.strerror}", EXIT_EXEC) from None
-
-
-def execvpe(cmd, environment):
-    """execvpe(3): run `cmd`, searched for in the container's $PATH. Not `os.execvpe`, which
-    imports `warnings` at this point, from a host directory the container no longer shows."""
-    if "/" in cmd[0]:
-        os.execve(cmd[0], cmd, environment)
-    found = None
-    for directory in environment.get("PATH", os.defpath).split(":"):
-        try:
-            os.execve(f"{directory or '.'}/{cmd[0]}", cmd, environment)
-        except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
-            if not isinstance(found, PermissionError):   # as execvp(3): EACCES wins
-                found = e
-    raise found or FileNotFoundError(2, "No such file or directory")
-
-
 def main(argv=None):
     """Console entry point: parse, launch, and turn every failure into one line and an exit code."""
     clock = Timings()
@@ -491,6 +361,8 @@ def main(argv=None):
             sys.exit(EXIT_USAGE)
         launch = make_launch(image, command, options, tokens, os.environ, clock)
         clock.open(launch.timings)
+        from chjoin.launch import run
+
         run(launch, clock, closed_stdio)
     except Fatal as e:
         clock.report(failed=True)
