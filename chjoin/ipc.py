@@ -1,23 +1,27 @@
-"""The rendezvous: one rank of a group builds the container, the others join it.
+"""The rendezvous: the first rank of a group builds the container, the others enter it.
 
-Two objects per user and group, both created 0600 and owner-checked: a shared-memory record
+Two objects per user and tag, both created 0600 and owner-checked: a shared-memory record
 `/dev/shm/chjoin-<uid>-<tag>` and a semaphore `/dev/shm/sem.chjoin-<uid>-<tag>`.
 
-- Mutual exclusion is flock(2) on the record, not the semaphore: the kernel drops the lock when
-  its holder dies, so a rank killed inside the critical section cannot wedge the tag (ch-run's
-  semaphore-mutex stays at 0 forever). Only reads and small writes of the record happen under it.
-- The semaphore only wakes waiters. Every wait also ends after a tick and re-reads the record,
-  so a lost wake-up costs one tick, and a dead winner or holder is noticed within a second.
-- The record is written whole, with a CRC: a write torn by a kill reads as corrupt and is
-  replaced, like any stale record, by the next arrival.
+The record is a small table of the tag's *groups* (at most `MAX_GROUPS` at once). A group is one
+container: its winner (the first slot, and the group's identity), its expected size, its
+deadline, its holder and namespace inodes once built, and one slot per rank that arrived.
 
-A group's life (one *generation* of the record): the first arrival wins (state SETUP) and builds
-the container while the others arrive; the winner publishes its holder's pid and namespace
-inodes (READY); when all `expected` ranks have arrived, each joins and marks itself INSIDE; the
-last one in removes both objects and dismisses the holder. A rank that fails, times out or sees
-a member die marks the generation FAILED with the reason, which every member then reports; the
-last live member out removes the objects. Ranks that find the name busy with another group (a
-different configuration or count, or a full group) wait for it to end and then start their own.
+- Mutual exclusion is flock(2) on the record. The kernel drops it when the last descriptor of
+  the open file description goes, so no two processes ever share one: the holder opens its own.
+  Only reads and small writes happen under it, with the signals that make a rank leave held off.
+- The table is written whole into the idle one of two copies, with a CRC, and then made current
+  by one aligned 8-byte store: a rank killed while writing leaves the current copy intact.
+- The semaphore only wakes waiters; every wait also re-reads the record each tick.
+- No barrier: the winner runs its command as soon as it has published the container (READY); a
+  peer enters as soon as its group is READY. The holder keeps the container until all expected
+  ranks are in, or until the group's deadline (the winner's arrival + its join timeout).
+- A group ends in one place, `_end`: whoever finds it over (complete, past its deadline, failed
+  with nobody left waiting, or with no process left in its container) removes it from the table
+  and dismisses its holder. The one who empties the table unlinks both names; a record whose
+  names are gone is history, and whoever then locks it opens the name again (`Objects`).
+- A rank joins the open group on its tag that has its size and configuration, or starts one of
+  its own beside the others: ranks never wait for a group that is not theirs.
 """
 
 import _signal as signal    # `signal` is this plus enums, whose import costs every rank 4 ms
@@ -33,26 +37,32 @@ import posix_ipc
 from chjoin import ns
 from chjoin.log import Fatal, checkpoint
 
-MAGIC = b"chjoin\0r"
-VERSION = 2
+MAGIC = b"chjoin\0t"
+VERSION = 3
 MAX_PEERS = 4096
-TICK = 0.1            # seconds between re-reads of the record while waiting
+MAX_GROUPS = 16
+TICK = 0.1            # seconds between re-reads of the record while waiting, and holder checks
+GRACE = 2.0           # seconds past its deadline that a holder waits for ranks still joining
 _NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGHUP: "SIGHUP"}
 _DEFERRED = set(_NAMES)   # leave the group when received; held off while the lock is held
 
-# Record states, and the states of one member's slot.
-FREE, SETUP, READY, FAILED, DONE = range(5)
-WAITING, INSIDE, GONE = 1, 2, 3
+SETUP, READY, FAILED = 1, 2, 3      # a group's states
+WAITING, INSIDE, GONE = 1, 2, 3     # a slot's states
 
-# head: magic crc version generation state closed expected arrived holder_pid holder_start
-#       user_ns mnt_ns; then the terms (digest, "label\0text"), the error text, the slots
-_HEAD = struct.Struct("<8sIIQIIIIIQQQ")
-_TERM = struct.Struct("<256s")      # "label\0text", a long one shortened by a digest
+# The object: the index of the current copy, then two copies. A copy: head, then its groups,
+# each a fixed part, its terms ("label\0text", long ones shortened by a digest), its error, and
+# its slots (pid, state, start time), the winner's first.
+_CURRENT = struct.Struct("<Q")
+_HEAD = struct.Struct("<8sIIII")            # magic crc version length groups
+_GROUP = struct.Struct("<IIiqIQQQ")         # state expected slots deadline_ns holder start user mnt
+_TERM = struct.Struct("<256s")
 _TERMS = 4
 _ERROR = 512
-_SLOT = struct.Struct("<IIQ")            # pid state start
-_SLOTS_AT = _HEAD.size + _TERMS * _TERM.size + _ERROR
-SIZE = _SLOTS_AT + MAX_PEERS * _SLOT.size
+_SLOT = struct.Struct("<IIQ")
+_FIXED = _GROUP.size + _TERMS * _TERM.size + _ERROR
+COPY = _HEAD.size + MAX_GROUPS * _FIXED + 4 * MAX_PEERS * _SLOT.size
+SIZE = _CURRENT.size + 2 * COPY
+
 
 def object_name(uid, tag):
     """`/chjoin-<uid>-<tag>`, with the tag kept to characters every POSIX IPC name allows;
@@ -64,64 +74,81 @@ def object_name(uid, tag):
     return f"/chjoin-{uid}-{safe}"
 
 
-class Record:
-    """The shared record of one group name, as plain values."""
+class Group:
+    """One container of a tag, as plain values."""
 
-    def __init__(self):
-        self.generation, self.state, self.expected, self.arrived = 0, FREE, 0, 0
-        self.closed = 0               # 1 once the names are removed: the record is history
+    def __init__(self, expected=0, deadline=0.0, terms=(), slots=()):
+        self.state, self.expected, self.deadline = SETUP, expected, deadline
         self.holder = (0, 0)          # pid, start time
         self.inodes = (0, 0)          # user and mount namespace
-        self.terms = []               # ["label\0text"], as `stored_terms` makes them
+        self.terms = list(terms)      # ["label\0text"], as `stored_terms` makes them
         self.error = ""
-        self.slots = []               # [[pid, state, start]], the winner first
+        self.slots = [list(s) for s in slots]     # [[pid, state, start]], the winner first
 
-    @classmethod
-    def load(cls, buf):
-        """The record in `buf`, or None when it is empty, foreign, or torn."""
-        head = _HEAD.unpack_from(buf)
-        magic, crc, version, expected = head[0], head[1], head[2], head[6]
-        if magic != MAGIC or version != VERSION or expected > MAX_PEERS:
-            return None
-        end = _SLOTS_AT + expected * _SLOT.size
-        if crc32(buf[12:end]) != crc or head[7] > expected:
-            return None
-        rec = cls()
-        (_, _, _, rec.generation, rec.state, rec.closed, rec.expected, rec.arrived, pid, start,
-         user_ns, mnt_ns) = head
-        rec.holder, rec.inodes = (pid, start), (user_ns, mnt_ns)
-        for i in range(_TERMS):
-            term = _TERM.unpack_from(buf, _HEAD.size + i * _TERM.size)[0].rstrip(b"\0")
-            if term:
-                rec.terms.append(term.decode(errors="replace"))
-        at = _HEAD.size + _TERMS * _TERM.size
-        rec.error = bytes(buf[at:at + _ERROR]).rstrip(b"\0").decode(errors="replace")
-        rec.slots = [list(_SLOT.unpack_from(buf, _SLOTS_AT + i * _SLOT.size))
-                     for i in range(rec.arrived)]
-        return rec
-
-    def store(self, buf):
-        """Write the whole record in one copy, CRC included."""
-        data = bytearray(_SLOTS_AT + self.expected * _SLOT.size)
-        _HEAD.pack_into(data, 0, MAGIC, 0, VERSION, self.generation, self.state, self.closed,
-                        self.expected, self.arrived, *self.holder, *self.inodes)
-        for i, term in enumerate(self.terms[:_TERMS]):
-            _TERM.pack_into(data, _HEAD.size + i * _TERM.size, term.encode())
-        at = _HEAD.size + _TERMS * _TERM.size
-        error = self.error.encode()[:_ERROR]
-        data[at:at + len(error)] = error
-        for i, slot in enumerate(self.slots):
-            _SLOT.pack_into(data, _SLOTS_AT + i * _SLOT.size, *slot)
-        struct.pack_into("<I", data, 8, crc32(data[12:]))
-        buf[:len(data)] = data
-
-    def waiting(self):
-        """Members that arrived, have not got in or out yet, and are still alive."""
-        return [s for s in self.slots if s[1] == WAITING and ns.alive(s[0], s[2])]
+    @property
+    def id(self):
+        """The winner's (pid, start time): unique for as long as the machine runs."""
+        return (self.slots[0][0], self.slots[0][2])
 
     def fail(self, message):
         if self.state != FAILED:
             self.state, self.error = FAILED, message[:_ERROR]
+
+    def waiting(self, thorough):
+        """Slots of ranks that arrived and are neither in nor out; with `thorough`, only the
+        live ones (a dead rank's slot says WAITING forever)."""
+        return [s for s in self.slots
+                if s[1] == WAITING and (not thorough or ns.alive(s[0], s[2]))]
+
+
+def load(buf):
+    """The groups of the current copy in `buf`, or None when it is empty, foreign, or torn (a
+    copy overwritten while we read it without the lock)."""
+    at = _CURRENT.size + (_CURRENT.unpack_from(buf)[0] & 1) * COPY
+    magic, crc, version, length, count = _HEAD.unpack_from(buf, at)
+    if magic != MAGIC or version != VERSION or length > COPY or count > MAX_GROUPS:
+        return None
+    if crc32(buf[at + 12:at + length]) != crc:
+        return None
+    groups = []
+    pos = at + _HEAD.size
+    for _ in range(count):
+        state, expected, nslots, deadline, pid, start, user, mnt = _GROUP.unpack_from(buf, pos)
+        g = Group(expected, deadline / 1e9)
+        g.state, g.holder, g.inodes = state, (pid, start), (user, mnt)
+        pos += _GROUP.size
+        for _ in range(_TERMS):
+            term = _TERM.unpack_from(buf, pos)[0].rstrip(b"\0")
+            if term:
+                g.terms.append(term.decode(errors="replace"))
+            pos += _TERM.size
+        g.error = bytes(buf[pos:pos + _ERROR]).rstrip(b"\0").decode(errors="replace")
+        pos += _ERROR
+        g.slots = [list(_SLOT.unpack_from(buf, pos + i * _SLOT.size)) for i in range(nslots)]
+        pos += nslots * _SLOT.size
+        groups.append(g)
+    return groups
+
+
+def store(buf, groups):
+    """Write `groups` into the idle copy, then make it the current one."""
+    data = bytearray(_HEAD.size)
+    for g in groups:
+        data += _GROUP.pack(g.state, g.expected, len(g.slots), int(g.deadline * 1e9),
+                            *g.holder, *g.inodes)
+        for i in range(_TERMS):
+            data += _TERM.pack(g.terms[i].encode() if i < len(g.terms) else b"")
+        data += g.error.encode()[:_ERROR].ljust(_ERROR, b"\0")
+        for slot in g.slots:
+            data += _SLOT.pack(*slot)
+    if len(data) > COPY:
+        raise Fatal("join: too many ranks waiting on one tag at once")
+    _HEAD.pack_into(data, 0, MAGIC, 0, VERSION, len(data), len(groups))
+    struct.pack_into("<I", data, 8, crc32(data[12:]))
+    idle = (_CURRENT.unpack_from(buf)[0] & 1) ^ 1
+    at = _CURRENT.size + idle * COPY
+    buf[at:at + len(data)] = data
+    _CURRENT.pack_into(buf, 0, idle)
 
 
 def stored_terms(terms):
@@ -139,65 +166,72 @@ def stored_terms(terms):
     return stored
 
 
-def difference(rec, expected, terms):
-    """What makes a rank with `expected` and `terms` unfit for group `rec`, or "" if nothing."""
-    if rec.expected != expected:
-        return f"group size {rec.expected}, this rank {expected}"
-    for theirs, mine in zip(rec.terms, terms):
+def difference(g, expected, terms):
+    """What makes a rank with `expected` and `terms` unfit for group `g`, or "" if nothing."""
+    if g.expected != expected:
+        return f"group size {g.expected}, this rank {expected}"
+    for theirs, mine in zip(g.terms, terms):
         if theirs != mine:
             label, _, text = theirs.partition("\0")
             return f"{label} {text}, this rank {mine.partition(chr(0))[2]}"
     return ""
 
 
-def repair(rec, thorough):
-    """Recognise a generation that can no longer complete, and mark it FAILED with the reason.
-
-    `thorough` also checks every member, not only the winner and the container's keepers."""
-    if rec.state == SETUP and not ns.alive(rec.slots[0][0], rec.slots[0][2]):
-        rec.fail(f"the winner (pid {rec.slots[0][0]}) died while building the container")
-    if rec.state != READY:
-        return
-    complete = rec.arrived == rec.expected
-    if not complete and thorough:
-        for pid, state, start in rec.slots:
-            if state in (WAITING, INSIDE) and not ns.alive(pid, start):
-                rec.fail(f"rank pid {pid} died before all {rec.expected} ranks arrived")
-                return
-    if complete and not rec.waiting():
-        rec.state = DONE
-    elif rec.state == READY and not keepers(rec):
-        rec.fail(f"the container is gone: its holder (pid {rec.holder[0]}) and every rank in "
-                 "it exited before the others joined")
+def keepers(g):
+    """Live processes that hold the container's namespaces: the holder, then ranks inside."""
+    found = [g.holder] if g.holder[0] and ns.alive(*g.holder) else []
+    return found + [(s[0], s[2]) for s in g.slots if s[1] == INSIDE and ns.alive(s[0], s[2])]
 
 
-def needs_repair(rec, thorough):
-    """Whether `repair` would change `rec`: decided on a copy read without the lock, so that
-    waiting ranks take the lock only when there is something to repair."""
-    before = _before(rec)
-    repair(rec, thorough)
-    return _before(rec) != before
+def review(g, now, thorough=False):
+    """Settle what group `g` has become, marking it FAILED when it can no longer serve; True
+    when it is over. `thorough` checks that each waiting rank still lives; without it, a dead
+    rank's slot keeps the group a little longer (the holder's next check ends it), never less.
+    A group with no live holder is always checked thoroughly: nobody else would."""
+    winner = g.slots[0]
+    if g.state == SETUP:
+        if ns.alive(winner[0], winner[2]):
+            return False
+        g.fail(f"the winner (pid {winner[0]}) died while building the container")
+    if g.state == READY and not ns.alive(*g.holder):
+        thorough = True
+        if not keepers(g):
+            g.fail(f"the container is gone: its holder (pid {g.holder[0]}) and every rank in it "
+                   "have exited")
+    waiting = g.waiting(thorough or g.state == FAILED)
+    if g.state == FAILED:
+        return not waiting
+    complete = len(g.slots) == g.expected and not waiting
+    return complete or now >= g.deadline + (GRACE if waiting else 0)
 
 
-def keepers(rec):
-    """Live processes that hold the container's namespaces: the holder, then members inside."""
-    found = [rec.holder] if rec.holder[0] and ns.alive(*rec.holder) else []
-    return found + [(s[0], s[2]) for s in rec.slots if s[1] == INSIDE and ns.alive(s[0], s[2])]
+def is_open(g, now):
+    """Whether a rank arriving `now` may still join `g`."""
+    return g.state in (SETUP, READY) and len(g.slots) < g.expected and now < g.deadline
+
+
+def in_use(buf):
+    """Whether any group in record `buf` still has a live process (for the Slurm epilog)."""
+    groups = load(buf) or []
+    return any(ns.alive(*g.holder) or any(ns.alive(s[0], s[2]) for s in g.slots
+                                          if s[1] != GONE) for g in groups)
+
+
+class LockTimeout(Fatal):
+    """The record's lock stayed taken (by a process stopped while holding it) past a deadline."""
 
 
 class Objects:
-    """The open record (locked while in use) and semaphore of one group name."""
+    """The open record and semaphore of one tag: the lock, and reading and writing the table."""
 
     def __init__(self, name, deadline):
         self.name = name
         self.path = f"/dev/shm{name}"
-        self.fd = self.map = self.sem = None
         for _ in range(1000):
             self.fd = self._open_record()
-            self.lock(deadline)
-            if os.fstat(self.fd).st_nlink:
+            if self.lock(deadline):
                 break
-            os.close(self.fd)      # removed by the last one out while we waited: start over
+            os.close(self.fd)      # the last one out removed it while we waited: start over
         if os.fstat(self.fd).st_size < SIZE:
             os.ftruncate(self.fd, SIZE)
         self.map = mmap.mmap(self.fd, SIZE)
@@ -234,84 +268,89 @@ class Objects:
             owner = str(err)
         return f"join: can't use {path}: {owner}; another user holds this group's name"
 
-    def lock(self, deadline, fd=None):
+    def reopen(self):
+        """A description of the record of our own (the holder's, just forked): a lock taken
+        through a description that another process shares would outlive our death."""
+        fd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDWR | os.O_CLOEXEC)
+        self.map.close()            # its own dup of the shared description goes too
+        os.close(self.fd)
+        self.fd, self.map = fd, mmap.mmap(fd, SIZE)
+
+    def lock(self, deadline):
         """Take the record's lock, blocking the signals that make a rank leave while we hold
-        it, so that no record is ever left half written."""
+        it, so that no table is ever left half done. False (unlocked) if the names were
+        removed meanwhile: the record is history."""
         delay = 0.0002
         while True:
             try:
-                fcntl.flock(fd or self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
-                return
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
             except BlockingIOError:
                 pass
             if time.monotonic() > deadline:
-                raise Fatal(f"join: timed out waiting for the lock on {self.path}")
+                raise LockTimeout(f"join: timed out waiting for the lock on {self.path}")
             time.sleep(delay)
             delay = min(delay * 2, 0.005)
+        if not os.fstat(self.fd).st_nlink:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            return False
+        signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+        return True
 
-    def unlock(self, fd=None):
-        fcntl.flock(fd or self.fd, fcntl.LOCK_UN)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
+    def unlock(self, release_signals=True):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        if release_signals:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
 
     def read(self):
-        return Record.load(self.map)
+        return load(self.map)
 
-    def wake(self, count):
-        for _ in range(count):
-            self.sem.release()
-
-    def remove(self):
-        """Unlink both names (under the lock): the next arrival starts from nothing."""
+    def commit(self, groups):
+        """Store the table (under the lock). With no group left, unlink both names: the next
+        rank starts from nothing, and any rank holding this record starts over. True then."""
+        store(self.map, groups)
+        if groups:
+            return False
         for unlink in (posix_ipc.unlink_semaphore, posix_ipc.unlink_shared_memory):
             try:
                 unlink(self.name)
             except posix_ipc.ExistentialError:
                 pass
+        return True
 
-    def close(self):
-        try:
-            self.unlock()
-        except OSError:
-            pass
-        os.close(self.fd)
+    def wake(self, count):
+        for _ in range(count):
+            self.sem.release()
 
 
-def settle(objects, rec, before):
-    """Store `rec` after a change made under the lock; wake the waiters if the state moved on or
-    the group became complete; once the generation is over, remove the names and the holder."""
-    # DONE once nobody waits; a waiter that died is the holder's to find (`repair`, each tick)
-    if rec.state == READY and rec.arrived == rec.expected and not _waiting_slots(rec):
-        rec.state = DONE
-    over = rec.state == DONE or (rec.state == FAILED and not rec.waiting())
-    if over:
-        rec.closed = 1
-    rec.store(objects.map)
-    complete = rec.arrived == rec.expected and before[1] != rec.arrived
-    if rec.state != before[0] or complete:
-        objects.wake(sum(1 for s in rec.slots if s[1] == WAITING))
-    if over and not before[2]:
-        objects.remove()
-        if rec.holder[0] and rec.holder[0] != os.getpid():
-            ns.dismiss(*rec.holder)
+def _end(groups, g):
+    """Group `g` is over: out of the table, and its holder (if another process) dismissed."""
+    groups.remove(g)
+    if g.holder[0] and g.holder[0] != os.getpid():
+        ns.dismiss(*g.holder)
 
 
-def _waiting_slots(rec):
-    return any(state == WAITING for _, state, _ in rec.slots)
-
-
-def _before(rec):
-    return (rec.state, rec.arrived, rec.closed)
+def _review_all(objects, groups, now):
+    """End every group that is over; wake the ranks waiting on a group that failed."""
+    for g in list(groups):
+        before = g.state
+        over = review(g, now)
+        if g.state != before:
+            objects.wake(len(g.waiting(thorough=False)))
+        if over:
+            _end(groups, g)
 
 
 def stop_on_signals(tag):
     """While this rank takes part in group `tag`, SIGTERM, SIGINT and SIGHUP (scancel, Ctrl-C,
-    a launcher going away) raise `Fatal` (exit 128+N), so that it leaves the group cleanly
-    rather than die with its slot held. They are held off while we hold the record's lock;
+    a launcher going away) raise `Fatal` (exit 128+N), once, so that it leaves the group
+    cleanly rather than die with its slot held; later ones are noted and ignored, so that the
+    first one's error is reported whole. They are held off while we hold the record's lock;
     the exec of the command resets them."""
     def stop(signum, _frame):
         _received.append(signum)
-        raise _stop(tag, signum)
+        if len(_received) == 1:
+            raise _stop(tag, signum)
 
     for signum in _DEFERRED:
         signal.signal(signum, stop)
@@ -326,144 +365,176 @@ def _stop(tag, signum):
 
 
 def arrive(tag, expected, terms, timeout, log):
-    """Enter the group `tag` of `expected` ranks: as its winner, or as a peer. Waits (up to
-    `timeout` seconds) while the name is busy with another group; returns a `Member`."""
+    """Enter the tag's open group that has our size and terms, or start one as its winner.
+    Waits (up to `timeout` seconds) only when the tag has `MAX_GROUPS` groups already.
+    Returns a `Member`."""
     name = object_name(os.geteuid(), tag)
-    deadline = time.monotonic() + timeout
+    arrived = time.monotonic()
+    deadline = arrived + timeout
     me = [os.getpid(), WAITING, ns.start_time(os.getpid())]
     terms = stored_terms(terms)
-    said = ""
     while True:
         checkpoint("any", "arrive")
         objects = Objects(name, deadline)
         try:
-            rec = objects.read()
             checkpoint("any", "locked")
-            if rec is not None and not rec.closed:
-                before = _before(rec)
-                repair(rec, thorough=False)     # members: the holder checks them each tick
-                if _before(rec) != before:
-                    settle(objects, rec, before)
-            if rec is None or rec.closed or rec.state in (FREE, DONE):
-                generation = struct.unpack_from("<Q", objects.map, 16)[0] + 1
-                rec = Record()
-                rec.generation, rec.state, rec.expected = generation, SETUP, expected
-                rec.terms = terms
-                rec.arrived, rec.slots = 1, [me]
-                rec.store(objects.map)
-                objects.holder_fd = os.open(f"/proc/self/fd/{objects.fd}", os.O_RDWR | os.O_CLOEXEC)
-                return Member(objects, rec, 0, tag, timeout, deadline, log)
-            if rec.state == FAILED:
-                reason = "its last group failed and its ranks are still leaving"
-            elif difference(rec, expected, terms):
-                reason = f"its group has {difference(rec, expected, terms)}"
-            elif rec.arrived >= rec.expected:
-                reason = f"all {rec.expected} ranks of its group have arrived"
+            groups = objects.read() or []
+            now = time.monotonic()
+            _review_all(objects, groups, now)
+            mine = [g for g in groups if is_open(g, now) and not difference(g, expected, terms)]
+            if mine:
+                group = mine[0]
+                group.slots.append(me)
+            elif len(groups) < MAX_GROUPS:
+                other = [g for g in groups if is_open(g, now)]
+                if other:
+                    log.warning(f"join: tag {tag} has a group with "
+                                f"{difference(other[0], expected, terms)}; this rank starts "
+                                "a group of its own")
+                group = Group(expected, arrived + timeout, terms, [me])
+                groups.append(group)
             else:
-                before = _before(rec)
-                rec.slots.append(me)
-                rec.arrived += 1
-                settle(objects, rec, before)
-                return Member(objects, rec, rec.arrived - 1, tag, timeout, deadline, log)
+                group = None
+            objects.commit(groups)
         finally:
-            objects.unlock()
-        objects.close()
-        # a failed group's ranks leave within a tick or two: say so only if it lasts
-        passing = rec.state == FAILED and time.monotonic() < deadline - timeout + 1
-        if reason != said and not passing:
-            log.warning(f"join: tag {tag} is busy: {reason}; waiting for it to finish")
-            said = reason
+            objects.unlock(release_signals=False)
+        if group is not None:
+            member = Member(objects, group, tag, timeout, deadline, log)
+            member.release_signals()
+            return member
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
+        os.close(objects.fd)
         if time.monotonic() + TICK > deadline:
-            raise Fatal(f"join: timed out after {timeout:g} s: tag {tag} stayed busy: {reason}")
+            raise Fatal(f"join: timed out after {timeout:g} s: tag {tag} has {MAX_GROUPS} "
+                        "groups forming at once")
         time.sleep(TICK)
 
 
 class Member:
-    """This rank's place in one generation of a group."""
+    """This rank's place in one group: the winner's, a peer's, or (forked) the holder's."""
 
-    def __init__(self, objects, rec, slot, tag, timeout, deadline, log):
-        self.objects, self.generation, self.slot = objects, rec.generation, slot
+    def __init__(self, objects, group, tag, timeout, deadline, log):
+        self.objects, self.id, self.slot = objects, group.id, len(group.slots) - 1
         self.tag, self.timeout, self.deadline, self.log = tag, timeout, deadline, log
-        self.expected = rec.expected
-        self.winner = slot == 0
+        self.expected = group.expected
+        self.group = group              # as it was when we last looked
+        self.winner = self.slot == 0
 
-    def _update(self, change, fd=None, deadline=None):
-        """Apply `change(rec)` to this generation's record under the lock; None if it is gone."""
-        self.objects.lock(deadline or max(self.deadline, time.monotonic()) + 2, fd)
+    def release_signals(self):
+        """Let the signals held off since arrival in: one that came meanwhile makes this rank
+        leave the group it has just joined (or fail it, as its winner)."""
         try:
-            rec = self.objects.read()
-            if rec is None or rec.generation != self.generation:
-                return None
-            before = _before(rec)
-            change(rec)
-            if not before[2]:
-                settle(self.objects, rec, before)
-            return rec
-        finally:
-            self.objects.unlock(fd)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
+        except Fatal as e:
+            (self.failed if self.winner else self.leave)(str(e))
+            raise
 
-    def _set_slot(self, rec, state):
-        rec.slots[self.slot][1] = state
+    def _find(self, groups):
+        return next((g for g in groups or () if g.id == self.id), None)
+
+    def _update(self, change, deadline=None):
+        """Apply `change(groups, group)` to our group under the lock and commit; the group as
+        it then is, or None if it has ended."""
+        if not self.objects.lock(deadline or max(self.deadline, time.monotonic()) + 2):
+            return None
+        try:
+            groups = self.objects.read() or []
+            g = self._find(groups)
+            if g is not None:
+                change(groups, g)
+                self.objects.commit(groups)
+            return g
+        finally:
+            self.objects.unlock()
+
+    def _set_slot(self, g, state):
+        g.slots[self.slot][1] = state
 
     def failed(self, message):
-        """The winner could not build the container: every peer fails with `message`."""
-        def change(rec):
-            rec.fail(f"the winner (pid {os.getpid()}) failed: {message}")
-            self._set_slot(rec, GONE)
+        """The winner could not build the container: every waiting peer fails with `message`."""
+        def change(groups, g):
+            g.fail(f"the winner (pid {os.getpid()}) failed: {message}")
+            self._set_slot(g, GONE)
+            self.objects.wake(len(g.waiting(thorough=False)))
+            if review(g, time.monotonic()):
+                _end(groups, g)
         self._update(change)
 
     def publish(self, holder, inodes):
         """The winner's container is built: its holder and namespaces, for the peers."""
-        def change(rec):
-            if rec.state == SETUP:
-                rec.state, rec.holder, rec.inodes = READY, holder, inodes
-                self._set_slot(rec, INSIDE)
-        rec = self._update(change)
-        if rec is not None:
-            self.log.info(f"join: container ready; {rec.expected - 1} peers left excluding myself")
+        def change(groups, g):
+            checkpoint("winner", "publish")
+            g.state, g.holder, g.inodes = READY, holder, inodes
+            self._set_slot(g, INSIDE)
+            self.objects.wake(len(g.waiting(thorough=False)))
+        g = self._update(change)
+        if g is not None:
+            self.log.info(f"join: container ready; holder pid {holder[0]} keeps it for "
+                          f"{g.expected - 1} peers (until {self.timeout:g} s after I arrived)")
 
     def leave(self, reason=""):
-        """Out of the group without joining (failure): the group fails with `reason` if it is
-        not yet complete; the last live member out cleans up."""
-        def change(rec):
-            self._set_slot(rec, GONE)
-            if rec.arrived < rec.expected and rec.state in (SETUP, READY):
-                why = reason.removeprefix(f"join: group {self.tag}: ")
-                rec.fail(f"rank pid {os.getpid()} left before all {rec.expected} ranks arrived"
-                         f"{': ' + why if why else ''}")
+        """Out of the group without having got in (this rank failed, or was told to stop)."""
+        def change(groups, g):
+            self._set_slot(g, GONE)
+            if review(g, time.monotonic()):
+                _end(groups, g)
         self._update(change)
 
     def inside(self):
-        """In the container: the last rank in removes the names and dismisses the holder."""
-        rec = self._update(lambda rec: self._set_slot(rec, INSIDE))
-        if rec is not None:
-            left = sum(1 for s in rec.slots if s[1] == WAITING) + rec.expected - rec.arrived
-            self.log.info(f"join: {left} peers left excluding myself")
-            if rec.closed:
+        """In the container. The rank that completes the group ends it. True when the holder
+        is gone and ranks are still to come: this rank must fork a new one (`adopt`)."""
+        orphaned = []
+
+        def change(groups, g):
+            self._set_slot(g, INSIDE)
+            if review(g, time.monotonic()):
+                _end(groups, g)
                 self.log.info("join: cleaning up IPC resources")
+            elif not ns.alive(*g.holder):
+                orphaned.append(g)
+        g = self._update(change)
+        if g is not None:
+            left = g.expected - len(g.slots) + len(g.waiting(thorough=False))
+            self.log.info(f"join: {left} peers left excluding myself")
+        return bool(orphaned)
+
+    def adopt(self, holder):
+        """Our new holder keeps the container for the ranks still to come, unless another rank
+        was quicker (then ours goes)."""
+        def change(groups, g):
+            if not ns.alive(*g.holder):
+                g.holder = holder
+        g = self._update(change)
+        if g is None or g.holder != holder:
+            ns.dismiss(*holder)
+        else:
+            self.log.warning(f"join: group {self.tag}: its holder was gone; pid {holder[0]} "
+                             "now keeps the container")
 
     def wait(self):
-        """Until every rank has arrived and the container is ready; the record then. Raises
-        `Fatal` with the group's reason when it fails, and at the timeout."""
-        checkpoint("winner" if self.winner else "peer", "wait")
-        last_check = time.monotonic()
+        """As a peer: until our group's container is ready; the group then. Raises `Fatal`
+        with the group's reason when it fails, and at this rank's timeout."""
+        checkpoint("peer", "wait")
         while True:
-            rec = self.objects.read() or self._update(lambda rec: None)
-            if rec is None:
-                raise Fatal(f"join: group {self.tag}: its record was lost (a rank was killed "
-                            "while writing it, or it was reset)")
-            if rec.state == FAILED:
+            g = self._find(self.objects.read())
+            if g is None:       # torn by a write we raced, or over: ask under the lock
+                g = self._update(lambda groups, g: None)
+                if g is None:
+                    raise Fatal(f"join: group {self.tag}: it ended before this rank got in")
+            self.group = g
+            if g.state == READY:
+                return g
+            if g.state == FAILED:
                 self.leave()
-                raise Fatal(f"join: group {self.tag}: {rec.error}")
-            if rec.arrived == rec.expected and rec.state in (READY, DONE):
-                return rec
+                raise Fatal(f"join: group {self.tag}: {g.error}")
             now = time.monotonic()
             if now >= self.deadline:
-                self._time_out()
-            if now - last_check >= TICK:
-                last_check = now
-                if needs_repair(rec, thorough=self.winner):
-                    self._update(lambda rec: repair(rec, thorough=self.winner))
+                self.leave()
+                raise Fatal(f"join: group {self.tag}: timed out after {self.timeout:g} s "
+                            f"waiting for the winner (pid {g.slots[0][0]}) to build the "
+                            "container")
+            if not ns.alive(g.slots[0][0], g.slots[0][2]):
+                self._update(lambda groups, g: review(g, now))
                 continue
             try:
                 self.objects.sem.acquire(max(0.001, min(TICK, self.deadline - now)))
@@ -471,42 +542,37 @@ class Member:
                 pass
             except posix_ipc.SignalError:    # it swallowed the exception of our handler
                 if _received:
-                    raise _stop(self.tag, _received[-1]) from None
+                    raise _stop(self.tag, _received[0]) from None
 
-    def _time_out(self):
-        def change(rec):
-            if rec.state in (SETUP, READY) and rec.arrived < rec.expected:
-                rec.fail(f"timed out after {self.timeout:g} s with {rec.arrived} of "
-                         f"{rec.expected} ranks arrived")
-            self._set_slot(rec, GONE)
-        rec = self._update(change)
-        raise Fatal(f"join: group {self.tag}: {rec.error if rec else 'timed out'}")
+    def hold(self):
+        """The holder's life (in its own process, inside the container): check the group each
+        tick until it is over, then end it. Ends it too when told to stop."""
+        self.objects.reopen()
+        checkpoint("holder", "start")
+        ready = False
+        try:
+            while self._hold_tick():
+                if not ready and self.group.state == READY:
+                    ready = True
+                    checkpoint("holder", "ready")
+                time.sleep(TICK)
+        except Fatal:                       # SIGTERM etc.: the container is losing its keeper
+            self._update(lambda groups, g: _end(groups, g), time.monotonic() + 1)
 
-    def holding(self):
-        """In the holder, each tick: whether the container must still be kept alive."""
-        fd = self.objects.holder_fd
+    def _hold_tick(self):
+        """One check: False once our group is over (ended by us now, or by another). A lock
+        held by a stopped process is waited out, one tick at a time, until the deadline."""
+        over = []
+        if time.monotonic() > self.deadline + 2 * GRACE:
+            return False
 
-        def change(rec):
-            repair(rec, thorough=True)
-            if time.monotonic() > self.deadline + 2 and rec.state in (SETUP, READY):
-                rec.fail(f"timed out after {self.timeout:g} s: the holder gave up")
-        rec = self._update(change, fd, time.monotonic() + TICK * 10)
-        if rec is not None and rec.state == READY:
-            checkpoint("holder", "ready")
-        return rec is not None and not rec.closed and rec.state in (SETUP, READY)
-
-    def stay_until_all_inside(self, record):
-        """The winner, when the holder is gone: keep the container alive ourselves until every
-        live peer is in (or the timeout), since our command may exit at once."""
-        if record.state == DONE or (record.holder[0] and ns.alive(*record.holder)):
-            return
-        rec = self._update(lambda rec: None)
-        if rec is None or rec.closed or rec.state != READY:
-            return                  # everyone got in, and the last one dismissed the holder
-        self.log.warning(f"join: holder pid {record.holder[0]} is gone; the winner keeps the "
-                         "container until its peers are in")
-        while time.monotonic() < self.deadline + 2:
-            rec = self._update(lambda rec: None)
-            if rec is None or rec.closed or rec.state != READY:
-                return
-            time.sleep(TICK / 10)
+        def change(groups, g):
+            self.group = g
+            if review(g, time.monotonic(), thorough=True):
+                checkpoint("holder", "end")
+                _end(groups, g)
+                over.append(g)
+        try:
+            return self._update(change, time.monotonic() + 1) is not None and not over
+        except LockTimeout:
+            return True

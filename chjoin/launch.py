@@ -47,7 +47,9 @@ def build(launch, log):
 
 
 def join(launch, log):
-    """--join: find the group, then build its container (winner) or enter it (peer)."""
+    """--join: find the group, then build its container (winner) or enter it (peer). No
+    barrier: the winner's command starts as soon as the container is published, a peer's as
+    soon as it is in."""
     from chjoin import ns, peers
 
     clock = log.clock
@@ -72,32 +74,26 @@ def join(launch, log):
         log.info(f"join: won: building the container for {group.count} ranks")
         try:
             build(launch, log)
-            holder = ns.spawn_holder(member.holding, ipc.TICK, clock)
+            holder = ns.spawn_holder(member.hold, clock)
             clock.done("namespaces")
+            member.publish(holder, ns.inodes())
         except BaseException as e:
             member.failed(str(e) if isinstance(e, Fatal) else f"{type(e).__name__}: {e}")
             raise
-        log.info(f"join: holder pid {holder[0]} keeps the container until all have joined")
-        member.publish(holder, ns.inodes())
         clock.done("join")
-        try:
-            member.stay_until_all_inside(member.wait())
-        except BaseException as e:
-            member.leave(str(e))
-            raise
-        clock.done("wait")
         return
     clock.role = "peer"
     try:
-        record = member.wait()
+        ready = member.wait()
         clock.done("wait")
         checkpoint("peer", "join")
-        pid = ns.join(ipc.keepers(record), record.inodes)
+        pid = ns.join(ipc.keepers(ready), ready.inodes)
     except BaseException as e:
         member.leave(str(e))
         raise
-    log.info(f"join: joined winner's container through pid {pid}")
-    member.inside()
+    log.info(f"join: joined the container of winner pid {ready.slots[0][0]} through pid {pid}")
+    if member.inside():
+        member.adopt(ns.spawn_holder(member.hold, clock))
     clock.done("join")
 
 

@@ -8,7 +8,7 @@ maps the container's uid and gid onto that 0. `setgroups` is denied in both.
 import os
 
 from chjoin import libc
-from chjoin.log import Fatal, checkpoint
+from chjoin.log import Fatal
 
 
 def _write(path, text):
@@ -34,9 +34,11 @@ def enter_outer(host_uid, host_gid):
 
 
 def enter_inner(uid, gid):
-    """Unshare the inner user namespace, where we are `uid`:`gid`, mapped onto the outer root."""
+    """Unshare the inner user namespace, where we are `uid`:`gid`, mapped onto the outer root,
+    with a mount namespace of its own, as ch-run does: the container's root user may then mount
+    (a tmpfs, FUSE), while the mounts made so far stay locked as they are."""
     try:
-        libc.unshare(libc.CLONE_NEWUSER)
+        libc.unshare(libc.CLONE_NEWUSER | libc.CLONE_NEWNS)
         _map_ids(uid, 0, gid, 0)
     except OSError as e:
         raise Fatal(f"can't create inner user namespace for {uid}:{gid}: {e.strerror}") from None
@@ -123,12 +125,11 @@ def join_pid(pid):
 HOLDER_NAME = "chjoin-holder"     # its `comm`, by which slurm/epilog finds what a job left
 
 
-def spawn_holder(keep, tick, clock):
-    """Fork the holder: a process that stays in our namespaces while `keep()` says so, checking
-    every `tick` seconds. It is a grandchild, reparented away from the command we exec, holds no
-    stdio, ends at a SIGTERM, and reports its `clock` as the holder's. Returns (pid, start time)."""
+def spawn_holder(hold, clock):
+    """Fork the holder: a process that stays in our namespaces for as long as `hold()` runs. It
+    is a grandchild, reparented away from the command we exec, holds no stdio, and reports its
+    `clock` as the holder's. Returns its (pid, start time)."""
     import struct
-    import time
 
     read_end, write_end = os.pipe()
     child = os.fork()
@@ -138,7 +139,7 @@ def spawn_holder(keep, tick, clock):
             holder = os.fork()
             if holder == 0:
                 os.close(write_end)
-                _hold(keep, tick, time, clock)
+                _hold(hold, clock)
             os.write(write_end, struct.pack("<i", holder))
         finally:
             os._exit(0)
@@ -150,7 +151,7 @@ def spawn_holder(keep, tick, clock):
     return pid, start_time(pid)
 
 
-def _hold(keep, tick, time, clock):
+def _hold(hold, clock):
     clock.holding()
     try:
         libc.set_name(HOLDER_NAME)
@@ -158,9 +159,7 @@ def _hold(keep, tick, time, clock):
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.close(null)
-        checkpoint("holder", "start")
-        while keep():
-            time.sleep(tick)
+        hold()
     except BaseException:
         pass
     clock.done("hold")

@@ -254,15 +254,10 @@ def remove_ipc(job):
 
 def _in_use(fd):
     import mmap
-    size = os.fstat(fd).st_size
-    if size < ipc.SIZE:
+    if os.fstat(fd).st_size < ipc.SIZE:
         return False
     with mmap.mmap(fd, ipc.SIZE) as buf:
-        rec = ipc.Record.load(buf)
-    if rec is None or rec.closed:
-        return False
-    return ns.alive(*rec.holder) or any(ns.alive(pid, start) for pid, state, start in rec.slots
-                                        if state != ipc.GONE)
+        return ipc.in_use(buf)
 
 
 def _unlink(name, record=True):

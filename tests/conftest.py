@@ -134,15 +134,17 @@ class Runner:
             return {}
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
-    def group(self, args, ranks, env=None, timeout=60, linger=5, stagger=0, kill_delay=0.3):
+    def group(self, args, ranks, env=None, timeout=60, linger=5, stagger=0, kill_delay=0.3,
+              signals=()):
         """Start len(`ranks`) copies of `chjoin ARGS` at once as this identity, through
         tests/ranks.py (a launcher like srun); each entry of `ranks` is a dict with optional
-        "env", "args" (added after ARGS), "close" (fds) and "first". Returns a `Group`."""
+        "env", "args" (added after ARGS), "close" (fds), "first" and "at" (a start delay);
+        `signals` are sent as ranks.py describes. Returns a `Group`."""
         import json
 
         request = {"argv": [self.chjoin, *map(str, args)], "env": self.env(env),
                    "ranks": ranks, "timeout": timeout, "linger": linger, "stagger": stagger,
-                   "kill_delay": kill_delay}
+                   "kill_delay": kill_delay, "signals": list(signals)}
         done = subprocess.run([sys.executable, "-c", RANKS.read_text()],
                               input=json.dumps(request),
                               capture_output=True, text=True, timeout=timeout + linger + 30,
@@ -198,8 +200,10 @@ class Group:
         self.ranks = [subprocess.CompletedProcess([], r["returncode"], r["stdout"], r["stderr"])
                       for r in result["ranks"]]
         for rank, r in zip(self.ranks, result["ranks"]):
-            rank.pid = r["pid"]
+            rank.pid, rank.elapsed = r["pid"], r["elapsed"]
         self.lingering = result["lingering"]
+        self.holders_signalled = result["holders_signalled"]
+        self.killed_holders = result["killed_holders"]
         self.killed = result["killed"]
         self.reaped_after = result["reaped_after"]
 

@@ -8,6 +8,10 @@ each printed and returned.
 - Fault injection: ranks run with $CHJOIN_TEST_STOP stop themselves (SIGSTOP) at a named
   point; this launcher SIGKILLs every stopped child `kill_delay` seconds after seeing it stop.
   Ranks marked `first` start before the others, which start once a first one has stopped.
+- Each rank is the leader of its own process group (its command's children and its holder are
+  in it), as a job in a shell is. A rank with `"at": T` starts T seconds after the launch; the
+  request's `signals`, [{"at": T, "signal": N, "rank": I | "holders", "group": bool}], are sent
+  at those times: to a rank (its process group with `group`), or to every holder then alive.
 
 Run with the request as JSON on stdin; prints the result as JSON.
 """
@@ -40,12 +44,21 @@ def children(state=None):
     return found
 
 
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def start(request, rank):
     close = rank.get("close", [])
+    started = time.monotonic()
     proc = subprocess.Popen(
         request["argv"] + rank.get("args", []), env=dict(request["env"], **rank.get("env", {})),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
-        preexec_fn=(lambda: [os.close(fd) for fd in close]) if close else None)
+        process_group=0, preexec_fn=(lambda: [os.close(fd) for fd in close]) if close else None)
     result = {"pid": proc.pid}
 
     def collect():
@@ -55,37 +68,71 @@ def start(request, rank):
             proc.kill()
             out, err = proc.communicate()
             err += b"\n[ranks.py: killed at the test's timeout]"
-        result.update(returncode=proc.returncode, stdout=out.decode(), stderr=err.decode())
+        result.update(returncode=proc.returncode, stdout=out.decode(), stderr=err.decode(),
+                      elapsed=round(time.monotonic() - started, 3))
     thread = threading.Thread(target=collect)
     thread.start()
     return result, thread
 
 
+def send(signal, target, results, holders_signalled):
+    """Send `signal` as one entry of the request's `signals` says; False if nothing got it."""
+    if target["rank"] == "holders":
+        pids = [pid for pid in children() if comm(pid) == "chjoin-holder"]
+        holders_signalled.extend(pids)
+    else:
+        pids = [results[target["rank"]]["pid"]]
+    for pid in pids:
+        try:
+            os.killpg(pid, signal) if target.get("group") else os.kill(pid, signal)
+        except ProcessLookupError:
+            pass
+    return bool(pids)
+
+
 def main():
     request = json.load(sys.stdin)
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    order = sorted(range(len(request["ranks"])), key=lambda i: not request["ranks"][i].get("first"))
+    ranks = request["ranks"]
+    order = sorted(range(len(ranks)), key=lambda i: (not ranks[i].get("first"),
+                                                     ranks[i].get("at", 0)))
     results, threads, killed, seen = [None] * len(order), [], [], {}
+    holders_signalled, killed_holders = [], []
     waiting_for_first = any(r.get("first") and "CHJOIN_TEST_STOP" in r.get("env", {})
-                            for r in request["ranks"])
+                            for r in ranks)
+    began = time.monotonic()
+    pending = sorted(request.get("signals", []), key=lambda s: s["at"])
+
+    def tick():
+        now = time.monotonic()
+        while pending and now - began >= pending[0]["at"]:
+            entry = pending.pop(0)
+            if entry["rank"] == "holders" or results[entry["rank"]] is not None:
+                send(entry["signal"], entry, results, holders_signalled)
+        for pid in children("T"):
+            seen.setdefault(pid, now)
+            if now - seen[pid] >= request.get("kill_delay", 0.3) and pid not in killed:
+                if comm(pid) == "chjoin-holder":
+                    killed_holders.append(pid)
+                os.kill(pid, 9)
+                killed.append(pid)
+
     for i in order:
-        if waiting_for_first and not request["ranks"][i].get("first"):
+        if waiting_for_first and not ranks[i].get("first"):
             until = time.monotonic() + 20
             while not children("T") and time.monotonic() < until:
                 time.sleep(0.005)
             waiting_for_first = False
-        results[i], thread = start(request, request["ranks"][i])
+        while time.monotonic() - began < ranks[i].get("at", 0):
+            tick()
+            time.sleep(0.002)
+        results[i], thread = start(request, ranks[i])
         threads.append(thread)
         if request.get("stagger"):
             time.sleep(request["stagger"])
-    while any(t.is_alive() for t in threads):
-        now = time.monotonic()
-        for pid in children("T"):
-            seen.setdefault(pid, now)
-            if now - seen[pid] >= request.get("kill_delay", 0.3) and pid not in killed:
-                os.kill(pid, 9)
-                killed.append(pid)
-        time.sleep(0.01)
+    while any(t.is_alive() for t in threads) or pending:
+        tick()
+        time.sleep(0.005)
     ended = time.monotonic()
     lingering = []
     while True:
@@ -96,6 +143,8 @@ def main():
         if pid == 0:
             for stopped in children("T"):     # a stopped holder: kill it as promised
                 if stopped not in killed:
+                    if comm(stopped) == "chjoin-holder":
+                        killed_holders.append(stopped)
                     os.kill(stopped, 9)
                     killed.append(stopped)
             if time.monotonic() - ended > request["linger"]:
@@ -105,6 +154,7 @@ def main():
                 request["linger"] = 1e9
             time.sleep(0.01)
     json.dump({"ranks": results, "killed": killed, "lingering": lingering,
+               "holders_signalled": holders_signalled, "killed_holders": killed_holders,
                "reaped_after": round(time.monotonic() - ended, 3)}, sys.stdout)
 
 
