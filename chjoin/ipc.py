@@ -105,13 +105,15 @@ def load(buf):
     """The groups of the current copy in `buf`, or None when it is empty, foreign, or torn (a
     copy overwritten while we read it without the lock)."""
     at = _CURRENT.size + (_CURRENT.unpack_from(buf)[0] & 1) * COPY
-    magic, crc, version, length, count = _HEAD.unpack_from(buf, at)
-    if magic != MAGIC or version != VERSION or length > COPY or count > MAX_GROUPS:
+    length = _HEAD.unpack_from(buf, at)[3]
+    buf = buf[at:at + min(max(length, _HEAD.size), COPY)]    # one snapshot, checked and parsed
+    magic, crc, version, length, count = _HEAD.unpack_from(buf)
+    if magic != MAGIC or version != VERSION or length != len(buf) or count > MAX_GROUPS:
         return None
-    if crc32(buf[at + 12:at + length]) != crc:
+    if crc32(buf[12:]) != crc:
         return None
     groups = []
-    pos = at + _HEAD.size
+    pos = _HEAD.size
     for _ in range(count):
         state, expected, nslots, deadline, pid, start, user, mnt = _GROUP.unpack_from(buf, pos)
         g = Group(expected, deadline / 1e9)
