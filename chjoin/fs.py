@@ -8,8 +8,9 @@ How `apply` lays things out, all in the launch's private mount namespace, so tha
 left on the host whatever happens to the process:
 
 - Every host path the plan names (bind sources, the image) is first captured as a detached
-  mount tree (`open_tree`), and attached where it belongs later: covering a path afterwards
-  cannot change what a capture shows.
+  mount tree (`open_tree`), one capture per operation, and attached where it belongs later:
+  covering a path afterwards cannot change what a capture shows, and a source named twice is
+  mounted at both places.
 - A small "scratch" tmpfs is then mounted over the image's own path. It holds the generated
   /etc/passwd and /etc/group, the upper and work directories of `-W`, and at `scratch/root` the
   new root: a bind of the image (re-mounted read-only unless `-w`) or the `-W` overlay.
@@ -94,7 +95,7 @@ def passwd_text(identity):
         lines.append("root:x:0:0:root:/root:/bin/sh")
     if identity.uid != 65534:
         lines.append("nobody:x:65534:65534:nobody:/:/bin/false")
-    name, gecos = identity.passwd_entry or ("charlie", "Charliecloud User")
+    name, gecos = identity.passwd_entry or ("charlie", "Charlie")
     lines.append(f"{name}:x:{identity.uid}:{identity.gid}:{gecos}:/:/bin/sh")
     return "\n".join(lines) + "\n"
 
@@ -119,26 +120,47 @@ def apply(ops, image, log):
     new root as `/` and the host's tree unmounted.
     """
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
-    sources = _capture_sources(ops, log)
-    image_tree = libc.clone_tree(image)
+    trees = _capture_sources(ops, log)
     root_op = ops[0]
+    image_tree = libc.clone_tree(image)
     scratch = image
-    size = root_op.overlay_size or SCRATCH_SIZE
-    _mount("tmpfs", scratch, "tmpfs", 0, f"size={size},mode=0755", what="mount scratch tmpfs")
+    if root_op.overlay_size is None:
+        _mount("tmpfs", scratch, "tmpfs", 0, f"size={SCRATCH_SIZE},mode=0755",
+               what="can't mount scratch tmpfs")
+    else:
+        _mount("tmpfs", scratch, "tmpfs", 0, f"size={root_op.overlay_size},mode=0755",
+               what="cannot mount tmpfs for overlay")
     newroot = f"{scratch}/root"
     os.mkdir(newroot)
     _make_root(root_op, scratch, newroot, image_tree)
-    host_binds = []
-    for op in ops[1:]:
+    where = Where(newroot, image, [])
+    for op, tree in zip(ops[1:], trees[1:]):
         if isinstance(op, Bind):
-            _bind(op, sources.get(op.src), newroot, host_binds, log)
+            _bind(op, tree, where, log)
         elif isinstance(op, Tmpfs):
-            dst = _destination(newroot, op.dst, op.create, True, host_binds)
-            _mount("tmpfs", dst, "tmpfs", 0, op.options, what=f"can't mount tmpfs at {op.dst}")
+            dst = _destination(where, op.dst, op.create, True)
+            _mount("tmpfs", dst, "tmpfs", 0, op.options,
+                   what=f"can't mount tmpfs at {where.shown + op.dst}")
         elif isinstance(op, File):
-            _generated(op, scratch, newroot, host_binds)
+            _generated(op, scratch, where)
         log.debug(f"fs: {op}")
     _pivot(newroot)
+
+
+class Where:
+    """Where `apply` mounts: `newroot`, the host path of the new root while it is built;
+    `shown`, the host path that messages name for it (the image); `binds`, the host paths
+    bound so far (a destination must not be created inside one)."""
+
+    def __init__(self, newroot, shown, binds):
+        self.newroot, self.shown, self.binds = newroot, shown, binds
+
+    def host_path(self, guest):
+        """What messages call guest path `guest`: as ch-run, the image's path joined to it."""
+        return self.shown + guest
+
+    def guest_path(self, host):
+        return host[len(self.newroot.rstrip("/")):] or "/"
 
 
 def _mount(source, target, fstype, flags, data=None, what=None):
@@ -149,17 +171,21 @@ def _mount(source, target, fstype, flags, data=None, what=None):
 
 
 def _capture_sources(ops, log):
-    """Detached trees of every bind source, keyed by path; optional missing ones are left out."""
-    sources = {}
+    """A detached tree for each operation's bind source, aligned with `ops` (None where there is
+    no source, or an optional one is missing). One capture per operation: a detached tree can
+    be attached once only, and a source may be bound at several places."""
+    trees = []
     for op in ops:
-        if isinstance(op, Bind) and op.src not in sources:
+        tree = None
+        if isinstance(op, Bind):
             try:
-                sources[op.src] = libc.clone_tree(op.src)
+                tree = libc.clone_tree(op.src)
             except OSError as e:
                 if not op.optional:
                     raise Fatal(f"can't bind: source not found: {op.src}") from None
                 log.debug(f"fs: skipping {op.src}: {e.strerror}")
-    return sources
+        trees.append(tree)
+    return trees
 
 
 def _make_root(op, scratch, newroot, image_tree):
@@ -224,18 +250,18 @@ def resolve(root, guest_path):
     return os.path.join(root, *done)
 
 
-def _destination(newroot, guest, create, directory, host_binds):
+def _destination(where, guest, create, directory):
     """The host path to mount on for guest path `guest`; made (dir or file) when `create`."""
-    host = resolve(newroot, guest)
+    host = resolve(where.newroot, guest)
     if os.path.lexists(host):
         return host
     if not create:
-        raise Fatal(f"can't bind: destination not found: {guest}")
-    for bound in host_binds:
-        if host.startswith(bound + "/"):
-            raise Fatal(f"can't make {guest}: it would be inside bind mount "
-                        f"{bound[len(newroot):] or '/'}, on the host")
-    _make_parents(newroot, os.path.dirname(host))
+        raise Fatal(f"can't bind: destination not found: {where.host_path(guest)}")
+    for bound in where.binds:
+        if host.startswith(bound.rstrip("/") + "/"):
+            raise Fatal(f"can't make {where.host_path(guest)}: it would be inside bind mount "
+                        f"{where.guest_path(bound)}, on the host")
+    _make_parents(where.newroot, os.path.dirname(host))
     _make_entry(host, directory)
     return host
 
@@ -254,7 +280,7 @@ def _make_entry(host, directory):
         _create(host, directory)
     except OSError as e:
         if e.errno not in (13, 1, 30, 75):  # EACCES, EPERM, EROFS, EOVERFLOW
-            raise os_error(f"can't create {host}", e) from None
+            raise os_error(f"can't mkdir: {host}", e) from None
         _overmount(os.path.dirname(host))
         _create(host, directory)
 
@@ -292,26 +318,28 @@ def _overmount(parent):
         os.close(old)
 
 
-def _bind(op, source_tree, newroot, host_binds, log):
+def _bind(op, source_tree, where, log):
     if source_tree is None:
         return  # optional, and missing on the host
-    if op.optional and not os.path.lexists(resolve(newroot, op.dst)):
+    if op.optional and not os.path.lexists(resolve(where.newroot, op.dst)):
         log.debug(f"fs: skipping {op.dst}: not in image")
         return
     is_dir = stat.S_ISDIR(os.fstat(source_tree).st_mode)
-    dst = _destination(newroot, op.dst, op.create, is_dir, host_binds)
+    dst = _destination(where, op.dst, op.create, is_dir)
     try:
         libc.attach_tree(source_tree, dst)
     except OSError as e:
-        raise os_error(f"can't bind {op.src} to {op.dst}", e) from None
-    host_binds.append(dst)
+        raise os_error(f"can't bind {op.src} at {where.host_path(op.dst)}", e) from None
+    finally:
+        os.close(source_tree)
+    where.binds.append(dst)
 
 
-def _generated(op, scratch, newroot, host_binds):
+def _generated(op, scratch, where):
     name = f"{scratch}/{os.path.basename(op.dst)}"
     with open(name, "w") as f:
         f.write(op.content)
-    dst = _destination(newroot, op.dst, op.create, False, host_binds)
+    dst = _destination(where, op.dst, op.create, False)
     _mount(name, dst, None, libc.MS_BIND, what=f"can't bind generated {op.dst}")
 
 
