@@ -14,7 +14,7 @@ import sys
 from chjoin import __version__
 from chjoin import env as envmod
 from chjoin.config import WRITE_FAKE_DEFAULT_SIZE, BindSpec, Identity, Launch
-from chjoin.log import EXIT_USAGE, Fatal, Timings, error, flush_stdio
+from chjoin.log import EXIT_USAGE, Fatal, Log, Timings, error, flush_stdio
 from chjoin.peers import parse_int
 
 IMAGE_ENV = "\0image"   # the value of a bare --set-env: the image's /ch/environment
@@ -339,12 +339,21 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
     found = imagemod.find(image_ref, storage)
     if found.by_name and o["write"]:
         raise Fatal("--write invalid when running by name")
+    generate_passwd = not o["no-passwd"]
+    if found.path == "/":       # the host's root as image
+        if write_fake is not None:
+            raise Fatal(f"{'--home' if home else '--write-fake'} invalid with the host's root "
+                        "as image: there is no image to overlay")
+        Log(verbosity, clock).warning(
+            "image is the host's root (/): new namespaces on the host's own tree, no default "
+            "binds, --no-passwd; this is not a container")
+        generate_passwd = False
     clock.done("image")
     return Launch(image=found.path, image_ref=image_ref, command=tuple(cmd), identity=identity,
                   binds=binds, cd=o["cd"], write=bool(o["write"]), write_fake=write_fake,
                   home=home, private_tmp=bool(o["private-tmp"]),
                   host_tmp=environ.get("TMPDIR") or "/tmp",
-                  generate_passwd=not o["no-passwd"], env_ops=ops, verbosity=verbosity,
+                  generate_passwd=generate_passwd, env_ops=ops, verbosity=verbosity,
                   timings=timings_target(o["timings"], environ), environ=dict(environ), **join)
 
 

@@ -16,6 +16,11 @@ left on the host whatever happens to the process:
   new root: a bind of the image (re-mounted read-only unless `-w`) or the `-W` overlay.
 - Guest paths are resolved inside the new root as the container will see them: absolute symlinks
   start again at the new root, and a `..` that would leave it is an error.
+
+The host's own root as image (`chjoin / -- CMD`, as ch-run 0.45 allows) is the exception: no
+scratch tmpfs, no default binds, no generated files and no pivot; the launch's private mount
+namespace shows the host's tree, its root re-mounted read-only unless `-w`, with the user's binds
+and `-t` mounted on it.
 """
 
 import os
@@ -38,10 +43,12 @@ MAX_SYMLINKS = 40
 # --- operations ------------------------------------------------------------------------------
 
 class Root(Value):
-    """The new root: the image, read-only unless `writable`, or under a tmpfs overlay (-W)."""
+    """The new root: the image, read-only unless `writable`, or under a tmpfs overlay (-W); with
+    `host`, the host's own root, in place."""
     writable: bool
     overlay_size: str | None
     dst: str = "/"
+    host: bool = False
 
 
 class Bind(Value):
@@ -71,6 +78,8 @@ def _depth_key(op):
 
 def plan(launch):
     """The mount operations for `launch`, parents before children; later ones win on ties."""
+    if launch.image == "/":
+        return _host_plan(launch)
     writable = launch.write or launch.write_fake is not None
     ops = [Root(writable=launch.write, overlay_size=launch.write_fake)]
     ops += [Bind(p, p, create=writable) for p in REQUIRED_BINDS]
@@ -86,6 +95,15 @@ def plan(launch):
         ops.append(Bind(launch.home, f"/home/{launch.identity.user_name}", create=True))
     ops += [Bind(b.src, b.dst, create=writable) for b in launch.binds]
     return sorted(ops, key=_depth_key)  # stable: among equal paths, the user's come last
+
+
+def _host_plan(launch):
+    """The host's root as image: only what the user asked for (binds, -t) on the host's tree."""
+    ops = [Root(writable=launch.write, overlay_size=None, host=True)]
+    if launch.private_tmp:
+        ops.append(Tmpfs("/tmp", "mode=1777", create=launch.write))
+    ops += [Bind(b.src, b.dst, create=launch.write) for b in launch.binds]
+    return sorted(ops, key=_depth_key)
 
 
 def passwd_text(identity):
@@ -114,7 +132,8 @@ def group_text(identity):
 # --- applying them -----------------------------------------------------------------------------
 
 def apply(ops, image, log):
-    """Build the container filesystem from `ops` over host directory `image`, then pivot into it.
+    """Build the container filesystem from `ops` over host directory `image`, then pivot into it
+    (for the host's root as image: mount the user's binds on the host's tree, in place).
 
     Must run inside a fresh mount namespace that we may mount in; leaves the process with the
     new root as `/` and the host's tree unmounted.
@@ -122,18 +141,23 @@ def apply(ops, image, log):
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     trees = _capture_sources(ops, log)
     root_op = ops[0]
-    image_tree = libc.clone_tree(image)
-    scratch = image
-    if root_op.overlay_size is None:
-        _mount("tmpfs", scratch, "tmpfs", 0, f"size={SCRATCH_SIZE},mode=0755",
-               what="can't mount scratch tmpfs")
+    if root_op.host:
+        newroot, scratch, shown = "/", None, ""
+        if not root_op.writable:
+            _remount_readonly("/")
     else:
-        _mount("tmpfs", scratch, "tmpfs", 0, f"size={root_op.overlay_size},mode=0755",
-               what="cannot mount tmpfs for overlay")
-    newroot = f"{scratch}/root"
-    os.mkdir(newroot)
-    _make_root(root_op, scratch, newroot, image_tree)
-    where = Where(newroot, image, [])
+        image_tree = libc.clone_tree(image)
+        scratch, shown = image, image
+        if root_op.overlay_size is None:
+            _mount("tmpfs", scratch, "tmpfs", 0, f"size={SCRATCH_SIZE},mode=0755",
+                   what="can't mount scratch tmpfs")
+        else:
+            _mount("tmpfs", scratch, "tmpfs", 0, f"size={root_op.overlay_size},mode=0755",
+                   what="cannot mount tmpfs for overlay")
+        newroot = f"{scratch}/root"
+        os.mkdir(newroot)
+        _make_root(root_op, scratch, newroot, image_tree)
+    where = Where(newroot, shown, [])
     for op, tree in zip(ops[1:], trees[1:]):
         if isinstance(op, Bind):
             _bind(op, tree, where, log)
@@ -144,7 +168,8 @@ def apply(ops, image, log):
         elif isinstance(op, File):
             _generated(op, scratch, where)
         log.debug(f"fs: {op}")
-    _pivot(newroot)
+    if not root_op.host:
+        _pivot(newroot)
 
 
 class Where:
@@ -279,9 +304,11 @@ def _make_entry(host, directory):
     try:
         _create(host, directory)
     except OSError as e:
-        if e.errno not in (13, 1, 30, 75):  # EACCES, EPERM, EROFS, EOVERFLOW
+        parent = os.path.dirname(host)
+        # EACCES, EPERM, EROFS, EOVERFLOW; a tmpfs over / (the host's root) would not be seen
+        if e.errno not in (13, 1, 30, 75) or parent == "/":
             raise os_error(f"can't mkdir: {host}", e) from None
-        _overmount(os.path.dirname(host))
+        _overmount(parent)
         _create(host, directory)
 
 

@@ -1,7 +1,9 @@
 """Image kinds: which directory a reference names, found the way ch-run finds it.
 
 A name in the storage directory (`$storage/img/NAME`, `/` spelled `%` and `:` spelled `+`) wins;
-else a directory; else a file with the SquashFS magic; else the reference is no image.
+else a directory; else a file with the SquashFS magic; else the reference is no image. A
+directory that is the host's own root (`/`) is an image too, as in ch-run 0.45: the launch then
+runs on the host's tree (`fs.plan` knows what that means).
 """
 
 import os
@@ -43,8 +45,6 @@ def find(ref, storage):
         raise Fatal(f"can't find image: {ref}: {e.strerror}") from None
     if is_dir:
         path = os.path.realpath(ref)
-        if path == "/":
-            raise Fatal("can't use / as an image")
         storage_img = os.path.realpath(os.path.join(storage, "img"))
         if path.startswith(storage_img + "/"):
             raise Fatal(f"can't run directory images from storage (hint: run by name): {ref}")

@@ -69,6 +69,7 @@ CASES = [
     (["{img}", "--", "no-such-command"], 49,
      "^can't exec: no-such-command: No such file or directory$"),
     (["-qqq", "{img}", "--", "no-such-command"], 49, "^can't exec: no-such-command: "),
+    (["-W", "/", "--", "true"], 31, "^--write-fake invalid with the host's root as image"),
     (["{img}"], 64, "missing command"),
     ([], 64, "^missing IMAGE: chjoin \\[OPTIONS\\] IMAGE -- CMD"),
     (["-v"], 64, "^missing IMAGE"),

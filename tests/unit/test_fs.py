@@ -99,3 +99,18 @@ def test_each_bind_of_one_source_is_its_own_operation():
     assert [op.dst for op in ops if isinstance(op, fs.Bind) and op.src in ("/dev", "/etc")] == \
         ["/dev", "/mnt/0", "/mnt/1", "/mnt/2"]
 
+
+def host_launch(**kw):
+    return Launch(image="/", image_ref="/", command=("true",), identity=ALICE, environ={},
+                  generate_passwd=False, **kw)
+
+
+def test_host_root_as_image_has_only_the_users_mounts():
+    ops = fs.plan(host_launch(binds=(BindSpec("/data", "/mnt"),), private_tmp=True))
+    assert ops == [fs.Root(writable=False, overlay_size=None, host=True),
+                   fs.Bind("/data", "/mnt"), fs.Tmpfs("/tmp", "mode=1777")]
+
+
+def test_host_root_as_image_creates_destinations_only_with_write():
+    ops = fs.plan(host_launch(write=True, binds=(BindSpec("/data", "/new"),)))
+    assert ops[0].writable and ops[1] == fs.Bind("/data", "/new", create=True)
