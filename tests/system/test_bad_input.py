@@ -27,7 +27,7 @@ def chjoin_leftovers(tmpdir):
 
 CASES = [
     # (arguments, with {img} and {host} filled in, exit code, message pattern)
-    (["/nonexistent", "--", "true"], 31, "can't find image: /nonexistent"),
+    (["/nonexistent", "--", "true"], 31, "^can't stat: /nonexistent: No such file or directory$"),
     (["{host}/file", "--", "true"], 31, "unknown image type"),
     (["-b", "", "{img}", "--", "true"], 31, "--bind: no source provided"),
     (["-b", ":/mnt", "{img}", "--", "true"], 31, "--bind: no source provided"),
@@ -78,6 +78,7 @@ CASES = [
     (["--bind"], 64, "^option --bind requires an argument$"),
     (["--write=yes", "{img}", "--", "true"], 64, "^option --write takes no value$"),
     (["--timings=FILE", "{img}", "--", "true"], 64, "^option --timings takes no value$"),
+    (["--unsafe=yes", "{img}", "--", "true"], 64, "^option --unsafe takes no value$"),
 ]
 
 
@@ -99,10 +100,35 @@ def test_bad_input_is_one_error_line_and_exit_code(as_user, bad_setup, args, cod
     before = chjoin_leftovers("/tmp")
     args = [a.format(**bad_setup) for a in args]
     message = message.format(**{k: re.escape(v) for k, v in bad_setup.items()})
-    result = as_user.run(*args)
+    # an existing storage directory: else a missing image also warns that storage is missing
+    result = as_user.run(*args, env={"CH_IMAGE_STORAGE": bad_setup["storage"]})
     assert result.returncode == code, result.stderr
     match = ERROR_LINE.match(result.stderr)
     assert match, f"not one error line: {result.stderr!r}"
     assert re.search(message, match.group(1)), match.group(1)
     assert mount_count() == mounts
     assert chjoin_leftovers("/tmp") == before
+
+
+def test_home_without_HOME_is_refused_in_ch_runs_words(as_user, image):
+    result = as_user.run("--home", image, "--", "true", env={"HOME": None})
+    assert (result.returncode, ERROR_LINE.match(result.stderr).group(1)) == \
+        (31, "--home: $HOME not set")
+
+
+def test_a_failed_launch_reprints_its_warnings_after_the_error(as_user, image):
+    result = as_user.run("-s", "/no/such/storage", "-b", "/no/such/dir:/mnt", image, "--", "true",
+                         env={"PATH": None})
+    assert result.returncode == 31
+    pid = re.match(r"chjoin\[(\d+)\]", result.stderr).group(1)
+    warnings = [f"chjoin[{pid}]: warning: storage directory not found: /no/such/storage",
+                f"chjoin[{pid}]: warning: $PATH not set"]
+    assert result.stderr.splitlines() == [
+        *warnings, f"chjoin[{pid}]: error: can't bind: source not found: /no/such/dir",
+        f"chjoin[{pid}]: warning: reprinting first 2 warning(s)", *warnings]
+
+
+def test_a_launch_that_succeeds_does_not_reprint_its_warnings(as_user, image):
+    result = as_user.run("-s", "/no/such/storage", image, "--", "true")
+    assert result.returncode == 0
+    assert "reprinting" not in result.stderr

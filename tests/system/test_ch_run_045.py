@@ -4,9 +4,14 @@ warnings, --unsafe, and ch-run's -v and -vv lines. Each test runs as root and as
 """
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+
+from conftest import build_busybox_image
+
+WARNING = "warning: storage directory not found: /no/such/storage"
 
 
 def ok(result):
@@ -30,6 +35,48 @@ def test_a_bind_of_a_default_source_keeps_the_default(as_user, image):
     out = ok(as_user.run("-b", "/dev:/mnt", image, "--", "sh", "-c",
                          "ls /dev/null /mnt/null"))
     assert out == "/dev/null\n/mnt/null\n"
+
+
+# 2. PWD is the initial directory, set last.
+
+def test_pwd_is_the_initial_directory_not_the_hosts(as_user, image):
+    assert environment(ok(as_user.run("--cd", "/etc", image, "--", "env",
+                                      env={"PWD": "/tmp"})))["PWD"] == "/etc"
+    assert environment(ok(as_user.run(image, "--", "env", env={"PWD": "/tmp"})))["PWD"] == "/"
+
+
+def test_pwd_is_set_after_unset_env(as_user, image):
+    out = ok(as_user.run("--unset-env=*", image, "--", "env", env={"PWD": "/tmp"}))
+    assert environment(out) == {"PWD": "/", "CH_RUNNING": "Weird Al Yankovic"}
+
+
+# 3. Only $NAME with a name is expanded.
+
+def test_set_env_keeps_a_lone_dollar(as_user, image):
+    env = environment(ok(as_user.run("--set-env=X=bar:$", "--set-env=Y=$:bar",
+                                      "--set-env=Z=$USER:$", image, "--", "env")))
+    assert (env["X"], env["Y"], env["Z"]) == ("bar:$", "$:bar", f"{as_user.name}:$")
+
+
+# 4. -q hides stdout, -qq also warnings, -qqq also stderr.
+
+QUIET_CMD = ["--", "sh", "-c", "echo out; echo err >&2"]
+
+
+def test_quiet_once_hides_the_commands_stdout_and_keeps_warnings(as_user, image):
+    result = as_user.run("-q", "-s", "/no/such/storage", image, *QUIET_CMD)
+    assert (result.returncode, result.stdout) == (0, "")
+    assert WARNING in result.stderr and result.stderr.endswith("err\n")
+
+
+def test_quiet_twice_also_hides_warnings(as_user, image):
+    result = as_user.run("-qq", "-s", "/no/such/storage", image, *QUIET_CMD)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "err\n")
+
+
+def test_quiet_thrice_also_hides_the_commands_stderr(as_user, image):
+    result = as_user.run("-qqq", "-s", "/no/such/storage", image, *QUIET_CMD)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
 # 5. The host's root as image.
@@ -72,3 +119,71 @@ def test_host_root_as_image_gets_no_default_binds(as_user, host_dir):
     assert host_dir.parent == Path("/tmp")
     out = ok(as_user.run("/", "--", "ls", f"/tmp/{host_dir.name}", env={"TMPDIR": str(host_dir)}))
     assert out == "file\n"
+
+
+# 7. Warnings.
+
+def test_missing_path_is_warned_about(as_user, image):
+    result = as_user.run(image, "--", "/bin/true", env={"PATH": None})
+    assert result.returncode == 0, result.stderr
+    assert "warning: $PATH not set\n" in result.stderr
+
+
+def test_missing_storage_given_with_s_is_warned_about(as_user, image):
+    result = as_user.run("-s", "/no/such/storage", image, "--", "true")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.endswith(WARNING + "\n")
+
+
+def test_missing_default_storage_is_warned_about_when_a_name_is_looked_up(as_user, image):
+    env = {"CH_IMAGE_STORAGE": "/no/such/storage"}
+    assert ok(as_user.run(image, "--", "true", env=env)) == ""
+    result = as_user.run("no-such-name", "--", "true", env=env)
+    assert result.returncode == 31
+    assert result.stderr.splitlines()[0].endswith(WARNING)
+    assert "error: can't stat: no-such-name: No such file or directory" in result.stderr
+
+
+# 8. --unsafe.
+
+def storage_with_image(as_user, host_dir):
+    storage = host_dir / "storage"
+    build_busybox_image(storage / "img" / "inside")
+    as_user.own(storage)
+    return storage
+
+
+def test_a_directory_image_inside_storage_needs_unsafe(as_user, host_dir):
+    storage = storage_with_image(as_user, host_dir)
+    path = storage / "img" / "inside"
+    result = as_user.run("-s", storage, path, "--", "true")
+    assert result.returncode == 31
+    assert "can't run directory images from storage (hint: run by name)" in result.stderr
+    assert ok(as_user.run("--unsafe", "-s", storage, path, "--", "echo", "ran")) == "ran\n"
+
+
+def test_write_on_an_image_run_by_name_needs_unsafe(as_user, host_dir):
+    storage = storage_with_image(as_user, host_dir)
+    result = as_user.run("-w", "-s", storage, "inside", "--", "touch", "/new")
+    assert result.returncode == 31 and "--write invalid when running by name" in result.stderr
+    ok(as_user.run("--unsafe", "-w", "-s", storage, "inside", "--", "touch", "/new"))
+    assert (storage / "img" / "inside" / "new").exists()
+    shutil.rmtree(storage)
+
+
+# Messages at -v and -vv.
+
+def test_verbose_reports_the_command_and_dummy_ids(as_user, image):
+    result = as_user.run("-v", "-u", "54321", "-g", "54322", image, "--", "echo", "a", "b")
+    assert result.returncode == 0, result.stderr
+    assert "info: UID 54321 not found; using dummy info\n" in result.stderr
+    assert "info: GID 54322 not found; using dummy info\n" in result.stderr
+    assert result.stderr.endswith("info: executing: echo a b\n")
+
+
+def test_very_verbose_reports_each_variable_set(as_user, image):
+    result = as_user.run("-vv", "--set-env=A=1", "--set-env=B=$A:2", image, "--", "true")
+    assert result.returncode == 0, result.stderr
+    assert "debug: environment: A=1\n" in result.stderr
+    assert "debug: environment: B=1:2\n" in result.stderr
+    assert "environment:" not in as_user.run("-v", "--set-env=A=1", image, "--", "true").stderr
