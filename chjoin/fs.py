@@ -141,35 +141,42 @@ def apply(ops, image, log):
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     trees = _capture_sources(ops, log)
     root_op = ops[0]
-    if root_op.host:
-        newroot, scratch, shown = "/", None, ""
-        if not root_op.writable:
-            _remount_readonly("/")
-    else:
-        image_tree = libc.clone_tree(image)
-        scratch, shown = image, image
-        if root_op.overlay_size is None:
-            _mount("tmpfs", scratch, "tmpfs", 0, f"size={SCRATCH_SIZE},mode=0755",
-                   what="can't mount scratch tmpfs")
-        else:
-            _mount("tmpfs", scratch, "tmpfs", 0, f"size={root_op.overlay_size},mode=0755",
-                   what="cannot mount tmpfs for overlay")
-        newroot = f"{scratch}/root"
-        os.mkdir(newroot)
-        _make_root(root_op, scratch, newroot, image_tree)
-    where = Where(newroot, shown, [])
+    where = _host_root(root_op) if root_op.host else _image_root(root_op, image)
     for op, tree in zip(ops[1:], trees[1:]):
         if isinstance(op, Bind):
             _bind(op, tree, where, log)
         elif isinstance(op, Tmpfs):
             dst = _destination(where, op.dst, op.create, True)
             _mount("tmpfs", dst, "tmpfs", 0, op.options,
-                   what=f"can't mount tmpfs at {where.shown + op.dst}")
+                   what=f"can't mount tmpfs at {where.host_path(op.dst)}")
         elif isinstance(op, File):
-            _generated(op, scratch, where)
+            _generated(op, image, where)
         log.debug(f"fs: {op}")
     if not root_op.host:
-        _pivot(newroot)
+        _pivot(where.newroot)
+
+
+def _image_root(op, image):
+    """Cover `image` with the scratch tmpfs (sized for -W's writes, if any) and mount the image
+    at its `root`: the new root, not yet pivoted into."""
+    image_tree = libc.clone_tree(image)
+    if op.overlay_size is None:
+        _mount("tmpfs", image, "tmpfs", 0, f"size={SCRATCH_SIZE},mode=0755",
+               what="can't mount scratch tmpfs")
+    else:
+        _mount("tmpfs", image, "tmpfs", 0, f"size={op.overlay_size},mode=0755",
+               what="cannot mount tmpfs for overlay")
+    newroot = f"{image}/root"
+    os.mkdir(newroot)
+    _make_root(op, image, newroot, image_tree)
+    return Where(newroot, image, [])
+
+
+def _host_root(op):
+    """The host's root as image: it stays where it is, read-only unless -w."""
+    if not op.writable:
+        _remount_readonly("/")
+    return Where("/", "", [])
 
 
 class Where:
