@@ -185,9 +185,10 @@ def help_text(width=80):
     """--help: the usage line, what chjoin does, and the options as ch-run's argp lays them out."""
     import textwrap
 
-    about = ("Run CMD in an unprivileged container made from IMAGE: a directory, or the name "
-             "of an image in the storage directory. With --join, the ranks of one launch on one "
-             "node share one container.")
+    about = ("Run CMD in an unprivileged container made from IMAGE: a directory, the name "
+             "of an image in the storage directory, or / (the host's own tree, in new "
+             "namespaces). With --join, the ranks of one launch on one node share one "
+             "container.")
     lines = [f"Usage: {USAGE}", "", *textwrap.wrap(about, width), ""]
     for name, short, kind, metavar, text in OPTIONS:
         names = f"-{short}, --{name}" if short else f"    --{name}"
