@@ -14,7 +14,7 @@ import sys
 from chjoin import __version__
 from chjoin import env as envmod
 from chjoin.config import WRITE_FAKE_DEFAULT_SIZE, BindSpec, Identity, Launch
-from chjoin.log import EXIT_USAGE, Fatal, Timings, error, flush_stdio
+from chjoin.log import EXIT_USAGE, Fatal, Log, Timings, error, flush_stdio, warnings_reprint
 from chjoin.peers import parse_int
 
 IMAGE_ENV = "\0image"   # the value of a bare --set-env: the image's /ch/environment
@@ -50,7 +50,7 @@ OPTIONS = (
      "give up when the group is not complete after SECONDS (default: "
      "$CHJOIN_JOIN_TIMEOUT, else 30)"),
     ("quiet", "q", COUNT, "",
-     "print less: -q no warnings, -qq also CMD's stdout, -qqq also its stderr"),
+     "print less: -q hides CMD's stdout, -qq also warnings, -qqq also CMD's stderr"),
     ("storage", "s", VALUE, "DIR",
      "storage directory (default: $CH_IMAGE_STORAGE or /var/tmp/$USER.ch)"),
     ("set-env", "", OPTIONAL, "ARG",
@@ -62,6 +62,9 @@ OPTIONS = (
      "$CHJOIN_TIMINGS=FILE appends one JSON object per rank to FILE)"),
     ("private-tmp", "t", FLAG, "", "use a private tmpfs at /tmp"),
     ("uid", "u", VALUE, "UID", "run as UID within the container"),
+    ("unsafe", "", FLAG, "",
+     "do unsafe things: run a directory image inside the storage directory, -w on an image "
+     "run by name"),
     ("unset-env", "", LIST, "GLOB",
      "unset variables whose names match GLOB (extglob, e.g. '!(HOME|PATH)')"),
     ("verbose", "v", COUNT, "", "print more (repeatable)"),
@@ -182,9 +185,10 @@ def help_text(width=80):
     """--help: the usage line, what chjoin does, and the options as ch-run's argp lays them out."""
     import textwrap
 
-    about = ("Run CMD in an unprivileged container made from IMAGE: a directory, or the name "
-             "of an image in the storage directory. With --join, the ranks of one launch on one "
-             "node share one container.")
+    about = ("Run CMD in an unprivileged container made from IMAGE: a directory, the name "
+             "of an image in the storage directory, or / (the host's own tree, in new "
+             "namespaces). With --join, the ranks of one launch on one node share one "
+             "container.")
     lines = [f"Usage: {USAGE}", "", *textwrap.wrap(about, width), ""]
     for name, short, kind, metavar, text in OPTIONS:
         names = f"-{short}, --{name}" if short else f"    --{name}"
@@ -318,11 +322,26 @@ def identity_of(uid, gid, environ):
     return Identity(uid, gid, host_uid, host_gid, user_name, passwd_entry, group_name)
 
 
-def make_launch(image_ref, cmd, o, tokens, environ, clock):
-    """Check every option as ch-run does and decide the whole launch; touches nothing."""
+def find_image(image_ref, o, user_name, environ, log):
+    """The image IMAGE names, found as ch-run finds it, with ch-run's storage warnings; --unsafe
+    allows a directory image inside storage, and -w on an image run by name."""
     from chjoin import image as imagemod
 
+    storage = o["storage"]
+    if storage is not None and not os.path.exists(storage):
+        log.warning(f"storage directory not found: {storage}")
+    found = imagemod.find(image_ref, storage or imagemod.default_storage(environ, user_name),
+                          bool(o["unsafe"]), log.warning if storage is None else None)
+    if found.by_name and o["write"] and not o["unsafe"]:
+        raise Fatal("--write invalid when running by name")
+    return found
+
+
+def make_launch(image_ref, cmd, o, tokens, environ, clock):
+    """Check every option as ch-run does and decide the whole launch; touches nothing, and
+    prints ch-run's warnings (and, from -v, its notes) about what it decided."""
     verbosity = verbosity_of(o["verbose"], o["quiet"])
+    log = Log(verbosity, clock)
     binds = tuple(parse_bind(b) for b in o["bind"])
     identity = identity_of(o["uid"], o["gid"], environ)
     ops = env_ops(tokens)
@@ -331,20 +350,31 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
     if o["home"]:
         home = environ.get("HOME")
         if not home:
-            raise Fatal("--home failed: $HOME not set")
+            raise Fatal("--home: $HOME not set")
         write_fake = write_fake or WRITE_FAKE_DEFAULT_SIZE
     join = join_options(o, environ)
-    storage = o["storage"] or imagemod.default_storage(environ)
     clock.done("parse")
-    found = imagemod.find(image_ref, storage)
-    if found.by_name and o["write"]:
-        raise Fatal("--write invalid when running by name")
+    found = find_image(image_ref, o, identity.user_name, environ, log)
+    generate_passwd = not o["no-passwd"]
+    if found.path == "/":       # the host's root as image
+        if write_fake is not None:
+            raise Fatal(f"{'--home' if home else '--write-fake'} invalid with the host's root "
+                        "as image: there is no image to overlay")
+        log.warning("image is the host's root (/): new namespaces on the host's own tree, "
+                    "no default binds, --no-passwd; this is not a container")
+        generate_passwd = False
+    if generate_passwd and not identity.passwd_entry:
+        log.info(f"UID {identity.uid} not found; using dummy info")
+    if generate_passwd and not identity.group_name:
+        log.info(f"GID {identity.gid} not found; using dummy info")
+    if "PATH" not in environ:
+        log.warning("$PATH not set")
     clock.done("image")
     return Launch(image=found.path, image_ref=image_ref, command=tuple(cmd), identity=identity,
                   binds=binds, cd=o["cd"], write=bool(o["write"]), write_fake=write_fake,
                   home=home, private_tmp=bool(o["private-tmp"]),
                   host_tmp=environ.get("TMPDIR") or "/tmp",
-                  generate_passwd=not o["no-passwd"], env_ops=ops, verbosity=verbosity,
+                  generate_passwd=generate_passwd, env_ops=ops, verbosity=verbosity,
                   timings=timings_target(o["timings"], environ), environ=dict(environ), **join)
 
 
@@ -367,11 +397,13 @@ def main(argv=None):
     except Fatal as e:
         clock.report(failed=True)
         error(str(e))
+        warnings_reprint()
         flush_stdio()
         sys.exit(e.code)
     except OSError as e:
         clock.report(failed=True)
         error(f"{e.strerror or e}{': ' + e.filename if e.filename else ''}")
+        warnings_reprint()
         sys.exit(31)
 
 

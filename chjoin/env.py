@@ -56,17 +56,18 @@ def read_file(path, delimiter):
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             text = f.read()
     except OSError as e:
-        raise Fatal(f"--set-env: can't read {path}: {e.strerror}") from None
+        raise Fatal(f"can't open: {path}: {e.strerror}") from None
     return parse_file(text, delimiter, path)
 
 
 def expand(value, environ):
-    """Expand `$NAME` items of a colon-separated value; items that expand to nothing are dropped."""
+    """Expand `$NAME` items of a colon-separated value; items that expand to nothing are dropped.
+    A `$` with no name after it is no variable: it stays, as in ch-run."""
     if "$" not in value:
         return value
     items = []
     for item in value.split(":"):
-        if item.startswith("$"):
+        if item.startswith("$") and len(item) > 1:
             item = environ.get(item[1:], "")
             if not item:
                 continue
@@ -88,10 +89,20 @@ def initial(environ, home=None, image_has_root=False):
     return env
 
 
+class Environment(dict):
+    """The command's environment, and `assigned`: the (name, value) pairs that `--set-env`
+    options set, in order, for ch-run's `-vv` report."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.assigned = []
+
+
 def build(environ, ops, home=None, image_has_root=False, read=read_file):
     """The command's environment: `initial`, then each operation in command-line order, then
-    CH_RUNNING. `read(path, delimiter)` reads the image's environment file when asked for."""
-    env = initial(environ, home, image_has_root)
+    CH_RUNNING. `read(path, delimiter)` reads the image's environment file when asked for.
+    (PWD comes last of all, where the working directory is set: `launch.exec_command`.)"""
+    env = Environment(initial(environ, home, image_has_root))
     for op in ops:
         if isinstance(op, Unset):
             for name in [n for n in env if glob_match(op.pattern, n)]:
@@ -100,6 +111,7 @@ def build(environ, ops, home=None, image_has_root=False, read=read_file):
         pairs = op.pairs if isinstance(op, SetVars) else read(IMAGE_ENVIRONMENT, op.delimiter)
         for name, value in pairs:
             env[name] = expand(value, env) if op.expand else value
+            env.assigned.append((name, env[name]))
     env["CH_RUNNING"] = CH_RUNNING
     return env
 

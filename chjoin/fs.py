@@ -8,13 +8,19 @@ How `apply` lays things out, all in the launch's private mount namespace, so tha
 left on the host whatever happens to the process:
 
 - Every host path the plan names (bind sources, the image) is first captured as a detached
-  mount tree (`open_tree`), and attached where it belongs later: covering a path afterwards
-  cannot change what a capture shows.
+  mount tree (`open_tree`), one capture per operation, and attached where it belongs later:
+  covering a path afterwards cannot change what a capture shows, and a source named twice is
+  mounted at both places.
 - A small "scratch" tmpfs is then mounted over the image's own path. It holds the generated
   /etc/passwd and /etc/group, the upper and work directories of `-W`, and at `scratch/root` the
   new root: a bind of the image (re-mounted read-only unless `-w`) or the `-W` overlay.
 - Guest paths are resolved inside the new root as the container will see them: absolute symlinks
   start again at the new root, and a `..` that would leave it is an error.
+
+The host's own root as image (`chjoin / -- CMD`, as ch-run 0.45 allows) is the exception: no
+scratch tmpfs, no default binds, no generated files and no pivot; the launch's private mount
+namespace shows the host's tree, its root re-mounted read-only unless `-w`, with the user's binds
+and `-t` mounted on it.
 """
 
 import os
@@ -37,10 +43,12 @@ MAX_SYMLINKS = 40
 # --- operations ------------------------------------------------------------------------------
 
 class Root(Value):
-    """The new root: the image, read-only unless `writable`, or under a tmpfs overlay (-W)."""
+    """The new root: the image, read-only unless `writable`, or under a tmpfs overlay (-W); with
+    `host`, the host's own root, in place."""
     writable: bool
     overlay_size: str | None
     dst: str = "/"
+    host: bool = False
 
 
 class Bind(Value):
@@ -70,6 +78,8 @@ def _depth_key(op):
 
 def plan(launch):
     """The mount operations for `launch`, parents before children; later ones win on ties."""
+    if launch.image == "/":
+        return _host_plan(launch)
     writable = launch.write or launch.write_fake is not None
     ops = [Root(writable=launch.write, overlay_size=launch.write_fake)]
     ops += [Bind(p, p, create=writable) for p in REQUIRED_BINDS]
@@ -87,6 +97,15 @@ def plan(launch):
     return sorted(ops, key=_depth_key)  # stable: among equal paths, the user's come last
 
 
+def _host_plan(launch):
+    """The host's root as image: only what the user asked for (binds, -t) on the host's tree."""
+    ops = [Root(writable=launch.write, overlay_size=None, host=True)]
+    if launch.private_tmp:
+        ops.append(Tmpfs("/tmp", "mode=1777", create=launch.write))
+    ops += [Bind(b.src, b.dst, create=launch.write) for b in launch.binds]
+    return sorted(ops, key=_depth_key)
+
+
 def passwd_text(identity):
     """/etc/passwd: root, nobody, and the container user (its host entry, else `charlie`)."""
     lines = []
@@ -94,7 +113,7 @@ def passwd_text(identity):
         lines.append("root:x:0:0:root:/root:/bin/sh")
     if identity.uid != 65534:
         lines.append("nobody:x:65534:65534:nobody:/:/bin/false")
-    name, gecos = identity.passwd_entry or ("charlie", "Charliecloud User")
+    name, gecos = identity.passwd_entry or ("charlie", "Charlie")
     lines.append(f"{name}:x:{identity.uid}:{identity.gid}:{gecos}:/:/bin/sh")
     return "\n".join(lines) + "\n"
 
@@ -113,32 +132,67 @@ def group_text(identity):
 # --- applying them -----------------------------------------------------------------------------
 
 def apply(ops, image, log):
-    """Build the container filesystem from `ops` over host directory `image`, then pivot into it.
+    """Build the container filesystem from `ops` over host directory `image`, then pivot into it
+    (for the host's root as image: mount the user's binds on the host's tree, in place).
 
     Must run inside a fresh mount namespace that we may mount in; leaves the process with the
     new root as `/` and the host's tree unmounted.
     """
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
-    sources = _capture_sources(ops, log)
-    image_tree = libc.clone_tree(image)
+    trees = _capture_sources(ops, log)
     root_op = ops[0]
-    scratch = image
-    size = root_op.overlay_size or SCRATCH_SIZE
-    _mount("tmpfs", scratch, "tmpfs", 0, f"size={size},mode=0755", what="mount scratch tmpfs")
-    newroot = f"{scratch}/root"
-    os.mkdir(newroot)
-    _make_root(root_op, scratch, newroot, image_tree)
-    host_binds = []
-    for op in ops[1:]:
+    where = _host_root(root_op) if root_op.host else _image_root(root_op, image)
+    for op, tree in zip(ops[1:], trees[1:]):
         if isinstance(op, Bind):
-            _bind(op, sources.get(op.src), newroot, host_binds, log)
+            _bind(op, tree, where, log)
         elif isinstance(op, Tmpfs):
-            dst = _destination(newroot, op.dst, op.create, True, host_binds)
-            _mount("tmpfs", dst, "tmpfs", 0, op.options, what=f"can't mount tmpfs at {op.dst}")
+            dst = _destination(where, op.dst, op.create, True)
+            _mount("tmpfs", dst, "tmpfs", 0, op.options,
+                   what=f"can't mount tmpfs at {where.host_path(op.dst)}")
         elif isinstance(op, File):
-            _generated(op, scratch, newroot, host_binds)
+            _generated(op, image, where)
         log.debug(f"fs: {op}")
-    _pivot(newroot)
+    if not root_op.host:
+        _pivot(where.newroot)
+
+
+def _image_root(op, image):
+    """Cover `image` with the scratch tmpfs (sized for -W's writes, if any) and mount the image
+    at its `root`: the new root, not yet pivoted into."""
+    image_tree = libc.clone_tree(image)
+    if op.overlay_size is None:
+        _mount("tmpfs", image, "tmpfs", 0, f"size={SCRATCH_SIZE},mode=0755",
+               what="can't mount scratch tmpfs")
+    else:
+        _mount("tmpfs", image, "tmpfs", 0, f"size={op.overlay_size},mode=0755",
+               what="cannot mount tmpfs for overlay")
+    newroot = f"{image}/root"
+    os.mkdir(newroot)
+    _make_root(op, image, newroot, image_tree)
+    return Where(newroot, image, [])
+
+
+def _host_root(op):
+    """The host's root as image: it stays where it is, read-only unless -w."""
+    if not op.writable:
+        _remount_readonly("/")
+    return Where("/", "", [])
+
+
+class Where:
+    """Where `apply` mounts: `newroot`, the host path of the new root while it is built;
+    `shown`, the host path that messages name for it (the image); `binds`, the host paths
+    bound so far (a destination must not be created inside one)."""
+
+    def __init__(self, newroot, shown, binds):
+        self.newroot, self.shown, self.binds = newroot, shown, binds
+
+    def host_path(self, guest):
+        """What messages call guest path `guest`: as ch-run, the image's path joined to it."""
+        return self.shown + guest
+
+    def guest_path(self, host):
+        return host[len(self.newroot.rstrip("/")):] or "/"
 
 
 def _mount(source, target, fstype, flags, data=None, what=None):
@@ -149,17 +203,21 @@ def _mount(source, target, fstype, flags, data=None, what=None):
 
 
 def _capture_sources(ops, log):
-    """Detached trees of every bind source, keyed by path; optional missing ones are left out."""
-    sources = {}
+    """A detached tree for each operation's bind source, aligned with `ops` (None where there is
+    no source, or an optional one is missing). One capture per operation: a detached tree can
+    be attached once only, and a source may be bound at several places."""
+    trees = []
     for op in ops:
-        if isinstance(op, Bind) and op.src not in sources:
+        tree = None
+        if isinstance(op, Bind):
             try:
-                sources[op.src] = libc.clone_tree(op.src)
+                tree = libc.clone_tree(op.src)
             except OSError as e:
                 if not op.optional:
                     raise Fatal(f"can't bind: source not found: {op.src}") from None
                 log.debug(f"fs: skipping {op.src}: {e.strerror}")
-    return sources
+        trees.append(tree)
+    return trees
 
 
 def _make_root(op, scratch, newroot, image_tree):
@@ -224,18 +282,18 @@ def resolve(root, guest_path):
     return os.path.join(root, *done)
 
 
-def _destination(newroot, guest, create, directory, host_binds):
+def _destination(where, guest, create, directory):
     """The host path to mount on for guest path `guest`; made (dir or file) when `create`."""
-    host = resolve(newroot, guest)
+    host = resolve(where.newroot, guest)
     if os.path.lexists(host):
         return host
     if not create:
-        raise Fatal(f"can't bind: destination not found: {guest}")
-    for bound in host_binds:
-        if host.startswith(bound + "/"):
-            raise Fatal(f"can't make {guest}: it would be inside bind mount "
-                        f"{bound[len(newroot):] or '/'}, on the host")
-    _make_parents(newroot, os.path.dirname(host))
+        raise Fatal(f"can't bind: destination not found: {where.host_path(guest)}")
+    for bound in where.binds:
+        if host.startswith(bound.rstrip("/") + "/"):
+            raise Fatal(f"can't make {where.host_path(guest)}: it would be inside bind mount "
+                        f"{where.guest_path(bound)}, on the host")
+    _make_parents(where.newroot, os.path.dirname(host))
     _make_entry(host, directory)
     return host
 
@@ -253,9 +311,11 @@ def _make_entry(host, directory):
     try:
         _create(host, directory)
     except OSError as e:
-        if e.errno not in (13, 1, 30, 75):  # EACCES, EPERM, EROFS, EOVERFLOW
-            raise os_error(f"can't create {host}", e) from None
-        _overmount(os.path.dirname(host))
+        parent = os.path.dirname(host)
+        # EACCES, EPERM, EROFS, EOVERFLOW; a tmpfs over / (the host's root) would not be seen
+        if e.errno not in (13, 1, 30, 75) or parent == "/":
+            raise os_error(f"can't mkdir: {host}", e) from None
+        _overmount(parent)
         _create(host, directory)
 
 
@@ -292,26 +352,28 @@ def _overmount(parent):
         os.close(old)
 
 
-def _bind(op, source_tree, newroot, host_binds, log):
+def _bind(op, source_tree, where, log):
     if source_tree is None:
         return  # optional, and missing on the host
-    if op.optional and not os.path.lexists(resolve(newroot, op.dst)):
+    if op.optional and not os.path.lexists(resolve(where.newroot, op.dst)):
         log.debug(f"fs: skipping {op.dst}: not in image")
         return
     is_dir = stat.S_ISDIR(os.fstat(source_tree).st_mode)
-    dst = _destination(newroot, op.dst, op.create, is_dir, host_binds)
+    dst = _destination(where, op.dst, op.create, is_dir)
     try:
         libc.attach_tree(source_tree, dst)
     except OSError as e:
-        raise os_error(f"can't bind {op.src} to {op.dst}", e) from None
-    host_binds.append(dst)
+        raise os_error(f"can't bind {op.src} at {where.host_path(op.dst)}", e) from None
+    finally:
+        os.close(source_tree)
+    where.binds.append(dst)
 
 
-def _generated(op, scratch, newroot, host_binds):
+def _generated(op, scratch, where):
     name = f"{scratch}/{os.path.basename(op.dst)}"
     with open(name, "w") as f:
         f.write(op.content)
-    dst = _destination(newroot, op.dst, op.create, False, host_binds)
+    dst = _destination(where, op.dst, op.create, False)
     _mount(name, dst, None, libc.MS_BIND, what=f"can't bind generated {op.dst}")
 
 

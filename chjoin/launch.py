@@ -98,15 +98,24 @@ def join(launch, log):
 
 
 def exec_command(cmd, environment, cwd, verbosity, libc, clock, closed_stdio=()):
-    """chdir, no_new_privs, the timings report, quiet redirections, the launcher's closed stdio
-    closed again, then execvpe with the container's PATH."""
+    """chdir and PWD, no_new_privs, the timings report, quiet redirections, the launcher's closed
+    stdio closed again, then execvpe with the container's PATH.
+
+    PWD is the initial directory, set after every environment option (ch-run 0.45); -q sends
+    the command's stdout to /dev/null, -qqq also its stderr."""
     try:
         os.chdir(cwd)
     except OSError as e:
         raise Fatal(f"can't cd to {cwd}: {e.strerror}") from None
+    environment["PWD"] = cwd
+    log = Log(verbosity, clock)
+    for name, value in getattr(environment, "assigned", ()):
+        log.debug(f"environment: {name}={value}")
+    log.info(f"executing: {' '.join(cmd)}")
     libc.no_new_privs()
     clock.report()
-    for fd, level in ((1, -2), (2, -3)):
+    stderr = os.dup(2)   # close-on-exec: our own error line still shows under -qqq
+    for fd, level in ((1, -1), (2, -3)):
         if verbosity <= level:
             null = os.open("/dev/null", os.O_WRONLY)
             os.dup2(null, fd)
@@ -117,7 +126,8 @@ def exec_command(cmd, environment, cwd, verbosity, libc, clock, closed_stdio=())
     try:
         execvpe(cmd, environment)
     except OSError as e:
-        raise Fatal(f"can't execve(2): {cmd[0]}: {e.strerror}", EXIT_EXEC) from None
+        os.dup2(stderr, 2)
+        raise Fatal(f"can't exec: {cmd[0]}: {e.strerror}", EXIT_EXEC) from None
 
 
 def execvpe(cmd, environment):

@@ -2,8 +2,10 @@
 the per-phase timings of `--timings`.
 
 Verbosity is a plain integer carried by the caller: -1..-3 for -q, 0 by default, 1..3 for -v.
+As in ch-run 0.45, -q hides the command's stdout, -qq also warnings, -qqq also its stderr.
 Fatal errors are exceptions (`Fatal`), printed once by the command line and turned into an exit
-code there, so that no module below `cli` ever calls `sys.exit`.
+code there, so that no module below `cli` ever calls `sys.exit`. The warnings a launch printed
+are kept, so that a launch that fails can print them again after its error, as ch-run does.
 """
 
 import os
@@ -30,23 +32,42 @@ def os_error(what, err):
     return Fatal(f"{what}: {err.strerror or err}")
 
 
+_warnings_printed = []    # this process's warning lines, for warnings_reprint()
+
+
 def emit(level, message):
     """Write one message line on stderr; never raises, even with stderr closed."""
+    line = f"chjoin[{os.getpid()}]: {level}: {message}\n"
+    if level == "warning":
+        _warnings_printed.append(line)
     try:
-        os.write(2, f"chjoin[{os.getpid()}]: {level}: {message}\n".encode(errors="replace"))
+        os.write(2, line.encode(errors="replace"))
+    except OSError:
+        pass
+
+
+def warnings_reprint():
+    """After a failed launch's error line: the warnings it printed before, again, under ch-run's
+    header, so that they are not lost above the error. Nothing when there were none."""
+    if not _warnings_printed:
+        return
+    text = f"chjoin[{os.getpid()}]: warning: reprinting first {len(_warnings_printed)} warning(s)\n"
+    try:
+        os.write(2, (text + "".join(_warnings_printed)).encode(errors="replace"))
     except OSError:
         pass
 
 
 class Log:
-    """Leveled messages for one launch: `warning` shows unless -q, `info` from -v, `debug` from -vv."""
+    """Leveled messages for one launch: `warning` shows unless -qq, `info` from -v, `debug` from
+    -vv."""
 
     def __init__(self, verbosity=0, clock=None):
         self.verbosity = verbosity
         self.clock = clock or Timings()      # the launch's phase timings
 
     def warning(self, message):
-        if self.verbosity >= 0:
+        if self.verbosity >= -1:
             emit("warning", message)
 
     def info(self, message):

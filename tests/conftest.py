@@ -121,10 +121,11 @@ class Runner:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.home, "USER": self.name,
                "LANG": "C.UTF-8"}
         env.update(extra or {})
-        return env
+        return {name: value for name, value in env.items() if value is not None}  # None: unset
 
     def run(self, *args, env=None, timeout=60, **kwargs):
-        """chjoin ARGS as this identity; returns the CompletedProcess (text, captured)."""
+        """chjoin ARGS as this identity, with `env` added to a small environment (a value of
+        None unsets the variable); returns the CompletedProcess (text, captured)."""
         return subprocess.run([self.chjoin, *map(str, args)], capture_output=True, text=True,
                               env=self.env(env), timeout=timeout, cwd="/",
                               **self.identity_kwargs(), **kwargs)

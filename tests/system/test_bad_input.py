@@ -6,6 +6,8 @@ import subprocess
 
 import pytest
 
+from conftest import chjoin_path
+
 ERROR_LINE = re.compile(r"^chjoin\[\d+\]: error: (.+)\n$")
 
 
@@ -18,13 +20,14 @@ def chjoin_leftovers(tmpdir):
     """Things of chjoin a failed launch could leave: host temp files, /dev/shm objects, processes."""
     files = [n for n in os.listdir(tmpdir) if "chjoin" in n or "passwd" in n or "group" in n]
     shm = [n for n in os.listdir("/dev/shm") if "chjoin" in n]
-    procs = subprocess.run(["pgrep", "-f", "bin/chjoin"], capture_output=True, text=True).stdout
+    # the chjoin under test only: other checkouts' test runs may share this machine
+    procs = subprocess.run(["pgrep", "-f", chjoin_path()], capture_output=True, text=True).stdout
     return files, shm, procs.split()
 
 
 CASES = [
     # (arguments, with {img} and {host} filled in, exit code, message pattern)
-    (["/nonexistent", "--", "true"], 31, "can't find image: /nonexistent"),
+    (["/nonexistent", "--", "true"], 31, "^can't stat: /nonexistent: No such file or directory$"),
     (["{host}/file", "--", "true"], 31, "unknown image type"),
     (["-b", "", "{img}", "--", "true"], 31, "--bind: no source provided"),
     (["-b", ":/mnt", "{img}", "--", "true"], 31, "--bind: no source provided"),
@@ -32,10 +35,15 @@ CASES = [
     (["-b", "{host}:mnt", "{img}", "--", "true"], 31, "--bind: destination must be absolute"),
     (["-b", "{host}:/", "{img}", "--", "true"], 31, "--bind: destination can't be /"),
     (["-b", "/no/such/dir:/mnt", "{img}", "--", "true"], 31, "source not found: /no/such/dir"),
-    (["-b", "{host}:/not/there", "{img}", "--", "true"], 31, "destination not found: /not/there"),
+    (["-b", "{host}:/not/there", "{img}", "--", "true"], 31,
+     "^can't bind: destination not found: {img}/not/there$"),
+    (["-b", "{host}:/etc/image-file", "{img}", "--", "true"], 31,
+     "^can't bind {host} at {img}/etc/image-file: "),
+    (["-W1x", "{img}", "--", "true"], 31, "^cannot mount tmpfs for overlay: Invalid argument$"),
     (["-W", "-b", "{host}:/escape/x", "{img}", "--", "true"], 31, "outside the image"),
     (["-W", "-b", "{host}:/tmp/x", "{img}", "--", "true"], 31, "inside bind mount /tmp"),
-    (["--set-env=NOEQUALS_FILE_MISSING", "{img}", "--", "true"], 31, "--set-env: can't read"),
+    (["--set-env=NOEQUALS_FILE_MISSING", "{img}", "--", "true"], 31,
+     "^can't open: NOEQUALS_FILE_MISSING: No such file or directory$"),
     (["--set-env={host}/bad-env", "{img}", "--", "true"], 31, "no delimiter: .*bad-env:2"),
     (["--set-env=", "{img}", "--", "true"], 31, "non-zero length"),
     (["-c", "/nope", "{img}", "--", "true"], 31, "can't cd to /nope"),
@@ -58,7 +66,10 @@ CASES = [
     (["-j", "--join-pid=1", "{img}", "--", "true"], 31, "--join-pid can't be combined"),
     (["--join-ct=2", "--join-tag=lonely", "--join-timeout=0.5", "{img}", "--", "true"], 31,
      "group lonely: timed out after 0.5 s with 1 of 2 ranks arrived"),
-    (["{img}", "--", "no-such-command"], 49, "can't execve\\(2\\): no-such-command"),
+    (["{img}", "--", "no-such-command"], 49,
+     "^can't exec: no-such-command: No such file or directory$"),
+    (["-qqq", "{img}", "--", "no-such-command"], 49, "^can't exec: no-such-command: "),
+    (["-W", "/", "--", "true"], 31, "^--write-fake invalid with the host's root as image"),
     (["{img}"], 64, "missing command"),
     ([], 64, "^missing IMAGE: chjoin \\[OPTIONS\\] IMAGE -- CMD"),
     (["-v"], 64, "^missing IMAGE"),
@@ -67,6 +78,7 @@ CASES = [
     (["--bind"], 64, "^option --bind requires an argument$"),
     (["--write=yes", "{img}", "--", "true"], 64, "^option --write takes no value$"),
     (["--timings=FILE", "{img}", "--", "true"], 64, "^option --timings takes no value$"),
+    (["--unsafe=yes", "{img}", "--", "true"], 64, "^option --unsafe takes no value$"),
 ]
 
 
@@ -77,7 +89,7 @@ def bad_setup(image, host_dir):
     (host_dir / "bad-env").write_text("GOOD=1\nBAD\n")
     os.chmod(host_dir / "bad-env", 0o644)
     (host_dir / "storage" / "img" / "named").mkdir(parents=True)
-    yield {"img": str(image), "host": str(host_dir)}
+    yield {"img": str(image), "host": str(host_dir), "storage": str(host_dir / "storage")}
     (image / "escape").unlink()
 
 
@@ -87,10 +99,36 @@ def test_bad_input_is_one_error_line_and_exit_code(as_user, bad_setup, args, cod
     mounts = mount_count()
     before = chjoin_leftovers("/tmp")
     args = [a.format(**bad_setup) for a in args]
-    result = as_user.run(*args)
+    message = message.format(**{k: re.escape(v) for k, v in bad_setup.items()})
+    # an existing storage directory: else a missing image also warns that storage is missing
+    result = as_user.run(*args, env={"CH_IMAGE_STORAGE": bad_setup["storage"]})
     assert result.returncode == code, result.stderr
     match = ERROR_LINE.match(result.stderr)
     assert match, f"not one error line: {result.stderr!r}"
     assert re.search(message, match.group(1)), match.group(1)
     assert mount_count() == mounts
     assert chjoin_leftovers("/tmp") == before
+
+
+def test_home_without_HOME_is_refused_in_ch_runs_words(as_user, image):
+    result = as_user.run("--home", image, "--", "true", env={"HOME": None})
+    assert (result.returncode, ERROR_LINE.match(result.stderr).group(1)) == \
+        (31, "--home: $HOME not set")
+
+
+def test_a_failed_launch_reprints_its_warnings_after_the_error(as_user, image):
+    result = as_user.run("-s", "/no/such/storage", "-b", "/no/such/dir:/mnt", image, "--", "true",
+                         env={"PATH": None})
+    assert result.returncode == 31
+    pid = re.match(r"chjoin\[(\d+)\]", result.stderr).group(1)
+    warnings = [f"chjoin[{pid}]: warning: storage directory not found: /no/such/storage",
+                f"chjoin[{pid}]: warning: $PATH not set"]
+    assert result.stderr.splitlines() == [
+        *warnings, f"chjoin[{pid}]: error: can't bind: source not found: /no/such/dir",
+        f"chjoin[{pid}]: warning: reprinting first 2 warning(s)", *warnings]
+
+
+def test_a_launch_that_succeeds_does_not_reprint_its_warnings(as_user, image):
+    result = as_user.run("-s", "/no/such/storage", image, "--", "true")
+    assert result.returncode == 0
+    assert "reprinting" not in result.stderr

@@ -79,3 +79,15 @@ def test_glob_match_with_extglob(pattern, name, matches):
 def test_unbalanced_extglob_is_an_error():
     with pytest.raises(Fatal, match="unbalanced"):
         env.glob_match("!(A|B", "A")
+
+
+def test_a_dollar_with_no_name_is_kept():
+    assert env.expand("bar:$", {}) == "bar:$"
+    assert env.expand("$:bar", {"": "never"}) == "$:bar"
+    assert env.expand("$", {}) == "$"
+
+
+def test_build_lists_the_variables_each_option_set_in_order():
+    ops = [env.SetVars((("A", "1"), ("B", "$A:2")), True), env.Unset("A"),
+           env.SetVars((("A", "3"),), False)]
+    assert env.build({}, ops).assigned == [("A", "1"), ("B", "1:2"), ("A", "3")]

@@ -64,7 +64,7 @@ def test_passwd_has_root_nobody_and_the_user_with_home_slash():
 
 def test_unknown_uid_is_charlie_and_group_charliegroup():
     nobody_knows = Identity(4242, 4343, 0, 0, "root", (), "")
-    assert "charlie:x:4242:4343:Charliecloud User:/:/bin/sh" in fs.passwd_text(nobody_knows)
+    assert "charlie:x:4242:4343:Charlie:/:/bin/sh" in fs.passwd_text(nobody_knows)
     assert fs.group_text(nobody_knows).splitlines()[-1] == "charliegroup:x:4343:"
 
 
@@ -91,3 +91,26 @@ def test_resolve_refuses_symlink_loops(tmp_path):
     (tmp_path / "loop").symlink_to("loop")
     with pytest.raises(Fatal, match="too many symlinks"):
         fs.resolve(str(tmp_path), "/loop")
+
+
+def test_each_bind_of_one_source_is_its_own_operation():
+    ops = fs.plan(launch(binds=(BindSpec("/dev", "/mnt/0"), BindSpec("/etc", "/mnt/1"),
+                                BindSpec("/etc", "/mnt/2"))))
+    assert [op.dst for op in ops if isinstance(op, fs.Bind) and op.src in ("/dev", "/etc")] == \
+        ["/dev", "/mnt/0", "/mnt/1", "/mnt/2"]
+
+
+def host_launch(**kw):
+    return Launch(image="/", image_ref="/", command=("true",), identity=ALICE, environ={},
+                  generate_passwd=False, **kw)
+
+
+def test_host_root_as_image_has_only_the_users_mounts():
+    ops = fs.plan(host_launch(binds=(BindSpec("/data", "/mnt"),), private_tmp=True))
+    assert ops == [fs.Root(writable=False, overlay_size=None, host=True),
+                   fs.Bind("/data", "/mnt"), fs.Tmpfs("/tmp", "mode=1777")]
+
+
+def test_host_root_as_image_creates_destinations_only_with_write():
+    ops = fs.plan(host_launch(write=True, binds=(BindSpec("/data", "/new"),)))
+    assert ops[0].writable and ops[1] == fs.Bind("/data", "/new", create=True)
