@@ -346,12 +346,14 @@ def _review_all(objects, groups, now):
 def stop_on_signals(tag):
     """While this rank takes part in group `tag`, SIGTERM, SIGINT and SIGHUP (scancel, Ctrl-C,
     a launcher going away) raise `Fatal` (exit 128+N), once, so that it leaves the group
-    cleanly rather than die with its slot held; later ones are noted and ignored, so that the
-    first one's error is reported whole. They are held off while we hold the record's lock;
-    the exec of the command resets them."""
+    cleanly rather than die with its slot held; later ones are ignored, so that the first
+    one's error is reported whole (Python's exit would otherwise let them kill us). They are
+    held off while we hold the record's lock; the exec of the command resets them."""
     def stop(signum, _frame):
         _received.append(signum)
         if len(_received) == 1:
+            for other in _DEFERRED:     # ignored from now on, through Python's exit too
+                signal.signal(other, signal.SIG_IGN)
             raise _stop(tag, signum)
 
     for signum in _DEFERRED:

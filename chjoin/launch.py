@@ -18,6 +18,7 @@ def run(launch, clock, closed_stdio=()):
     ident = launch.identity
     log.info(f"image: {launch.image}; container ids {ident.uid}:{ident.gid}")
     if launch.join_pid is not None:
+        log.info(f"join: joining namespaces of pid {launch.join_pid}")
         ns.join_pid(launch.join_pid)
         clock.done("join")
         log.info(f"join: joined the namespaces of pid {launch.join_pid}")
@@ -58,6 +59,7 @@ def join(launch, log):
     clock.group = (group.tag, group.count)
     log.info(f"join: peer group tag {group.tag} (from {group.tag_source})")
     log.info(f"join: peer group size {group.count} (from {group.count_source})")
+    log.info(f"join: 1 {group.count} {group.tag} 0")       # ch-run's line, which scripts read
     clock.done("discovery")
     if group.count == 1:
         log.info("join: a group of one: nobody to wait for")
@@ -71,6 +73,7 @@ def join(launch, log):
     clock.done("wait")
     if member.winner:
         clock.role = "winner"
+        log.info("join: I won")
         log.info(f"join: won: building the container for {group.count} ranks")
         try:
             build(launch, log)
@@ -83,11 +86,12 @@ def join(launch, log):
         clock.done("join")
         return
     clock.role = "peer"
+    log.info("join: I lost")
     try:
         ready = member.wait()
         clock.done("wait")
         checkpoint("peer", "join")
-        pid = ns.join(ipc.keepers(ready), ready.inodes)
+        pid = ns.join(ipc.keepers(ready), ready.inodes, log)
     except BaseException as e:
         member.leave(str(e))
         raise

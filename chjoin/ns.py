@@ -82,7 +82,7 @@ def dismiss(pid, start):
         os.close(fd)
 
 
-def join(keepers, expected_inodes):
+def join(keepers, expected_inodes, log):
     """Enter the user + mount namespaces of the first live process in `keepers` [(pid, start)],
     and check that they are the ones `expected_inodes` names. Returns the pid joined."""
     for pid, start in keepers:
@@ -93,6 +93,7 @@ def join(keepers, expected_inodes):
         try:
             if not alive(pid, start):
                 continue
+            log.info(f"join: joining namespaces of pid {pid}")
             libc.setns(fd, libc.CLONE_NEWUSER | libc.CLONE_NEWNS)
         except OSError as e:
             if e.errno == 22:
@@ -113,11 +114,13 @@ def join_pid(pid):
     try:
         fd = libc.pidfd_open(pid)
     except OSError as e:
-        raise Fatal(f"join: no PID {pid}: {e.strerror}") from None
+        if e.errno == 3:        # ESRCH, ch-run 0.45's words
+            raise Fatal(f"join: no PID {pid}: /proc/{pid}/ns/user not found") from None
+        raise Fatal(f"join: can't open /proc/{pid}/ns/user: {e.strerror}") from None
     try:
         libc.setns(fd, libc.CLONE_NEWUSER | libc.CLONE_NEWNS)
     except OSError as e:
-        raise Fatal(f"join: can't join the namespaces of pid {pid}: {e.strerror}") from None
+        raise Fatal(f"join: can't open /proc/{pid}/ns/user: {e.strerror}") from None
     finally:
         os.close(fd)
 

@@ -62,7 +62,8 @@ CASES = [
      "--join-timeout: must be a positive number of seconds"),
     (["--join-ct=2", "--join-timeout=0", "{img}", "--", "true"], 31, "positive number"),
     (["--join-pid=abc", "{img}", "--", "true"], 31, "--join-pid: no digits found"),
-    (["--join-pid=999999999", "{img}", "--", "true"], 31, "join: no PID 999999999"),
+    (["--join-pid=999999999", "{img}", "--", "true"], 31,
+     "join: no PID 999999999: /proc/999999999/ns/user not found"),
     (["-j", "--join-pid=1", "{img}", "--", "true"], 31, "--join-pid can't be combined"),
     (["--join-ct=2", "--join-tag=lonely", "--join-timeout=0.5", "{img}", "--", "true"], 31,
      "group lonely: timed out after 0.5 s with 1 of 2 ranks arrived"),
@@ -132,3 +133,12 @@ def test_a_launch_that_succeeds_does_not_reprint_its_warnings(as_user, image):
     result = as_user.run("-s", "/no/such/storage", image, "--", "true")
     assert result.returncode == 0
     assert "reprinting" not in result.stderr
+
+
+def test_join_pid_of_another_users_process_is_refused_in_ch_runs_words(as_user, image):
+    if as_user.uid == 0:
+        pytest.skip("root may enter any process's namespaces")
+    result = as_user.run("--join-pid=1", image, "--", "true")
+    assert result.returncode == 31
+    assert re.fullmatch(r"join: can't open /proc/1/ns/user: .+",
+                        ERROR_LINE.match(result.stderr).group(1)), result.stderr
