@@ -47,8 +47,8 @@ OPTIONS = (
      "implies --join"),
     ("join-pid", "", VALUE, "PID", "join the container of process PID"),
     ("join-timeout", "", VALUE, "SECONDS",
-     "give up when the group is not complete after SECONDS (default: "
-     "$CHJOIN_JOIN_TIMEOUT, else 30)"),
+     "late ranks may join until SECONDS after the group's first one arrived; then its "
+     "container is no longer kept for them (default: $CHJOIN_JOIN_TIMEOUT, else 30)"),
     ("quiet", "q", COUNT, "",
      "print less: -q hides CMD's stdout, -qq also warnings, -qqq also CMD's stderr"),
     ("storage", "s", VALUE, "DIR",

@@ -284,19 +284,19 @@ class Objects:
         removed meanwhile: the record is history."""
         delay = 0.0002
         while True:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                pass
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)   # wait interruptibly
             if time.monotonic() > deadline:
                 raise LockTimeout(f"join: timed out waiting for the lock on {self.path}")
             time.sleep(delay)
             delay = min(delay * 2, 0.005)
         if not os.fstat(self.fd).st_nlink:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.unlock()
             return False
-        signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
         return True
 
     def unlock(self, release_signals=True):

@@ -19,7 +19,7 @@ def test_epilog_removes_what_a_killed_job_left(cluster, as_user, image):
     the group's names."""
     job_id, _out = sbatch(as_user, f"srun -n2 setsid -w {as_user.chjoin} --join-ct=3 "
                                    f"--join-timeout=120 "
-                                   f"{image} -- true\n", ["-N1", "-n2"],
+                                   f"{image} -- sleep 60\n", ["-N1", "-n2"],
                           env={"CHJOIN_TEST_STOP": "holder:start"})
     node = wait_for(lambda: [n for n, names in cluster.shm().items() if names], 30,
                     "the group to form")[0]

@@ -25,8 +25,6 @@ import re
 import threading
 import time
 
-import pytest
-
 ROUNDS = int(os.environ.get("CHJOIN_SOAK_ROUNDS", "24"))
 SEED = int(os.environ.get("CHJOIN_SOAK_SEED", str(int(time.time()) % 100000)))
 ONLY = os.environ.get("CHJOIN_SOAK_ONLY")
