@@ -15,11 +15,11 @@ from conftest import world_readable_dir
 def test_epilog_removes_what_a_killed_job_left(cluster, as_user, image):
     """The job's holder is stuck (stopped), so nothing of chjoin's own cleans up when the job's
     ranks are SIGKILLed. The ranks start through `setsid` (as some wrappers do), so Slurm's
-    kill of the step's process groups misses the holder too: the epilog kills it and removes
-    the group's names."""
+    kill of the step's process groups misses the holder too (and the ranks' commands, which
+    end by themselves): the epilog kills it and removes the group's names."""
     job_id, _out = sbatch(as_user, f"srun -n2 setsid -w {as_user.chjoin} --join-ct=3 "
                                    f"--join-timeout=120 "
-                                   f"{image} -- sleep 60\n", ["-N1", "-n2"],
+                                   f"{image} -- sleep 5\n", ["-N1", "-n2"],
                           env={"CHJOIN_TEST_STOP": "holder:start"})
     node = wait_for(lambda: [n for n, names in cluster.shm().items() if names], 30,
                     "the group to form")[0]
