@@ -65,8 +65,6 @@ CASES = [
     (["--join-pid=999999999", "{img}", "--", "true"], 31,
      "join: no PID 999999999: /proc/999999999/ns/user not found"),
     (["-j", "--join-pid=1", "{img}", "--", "true"], 31, "--join-pid can't be combined"),
-    (["--join-ct=2", "--join-tag=lonely", "--join-timeout=0.5", "{img}", "--", "true"], 31,
-     "group lonely: timed out after 0.5 s with 1 of 2 ranks arrived"),
     (["{img}", "--", "no-such-command"], 49,
      "^can't exec: no-such-command: No such file or directory$"),
     (["-qqq", "{img}", "--", "no-such-command"], 49, "^can't exec: no-such-command: "),
