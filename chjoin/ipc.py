@@ -309,16 +309,15 @@ class Objects:
 
     def commit(self, groups):
         """Store the table (under the lock). With no group left, unlink both names: the next
-        rank starts from nothing, and any rank holding this record starts over. True then."""
+        rank starts from nothing, and any rank holding this record starts over."""
         store(self.map, groups)
         if groups:
-            return False
+            return
         for unlink in (posix_ipc.unlink_semaphore, posix_ipc.unlink_shared_memory):
             try:
                 unlink(self.name)
             except posix_ipc.ExistentialError:
                 pass
-        return True
 
     def wake(self, count):
         for _ in range(count):
@@ -407,6 +406,7 @@ def arrive(tag, expected, terms, timeout, log):
             member.release_signals()
             return member
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
+        objects.map.close()
         os.close(objects.fd)
         if time.monotonic() + TICK > deadline:
             raise Fatal(f"join: timed out after {timeout:g} s: tag {tag} has {MAX_GROUPS} "
@@ -420,7 +420,6 @@ class Member:
     def __init__(self, objects, group, tag, timeout, deadline, log):
         self.objects, self.id, self.slot = objects, group.id, len(group.slots) - 1
         self.tag, self.timeout, self.deadline, self.log = tag, timeout, deadline, log
-        self.expected = group.expected
         self.group = group              # as it was when we last looked
         self.winner = self.slot == 0
 
