@@ -145,9 +145,12 @@ def test_soak(as_user, image):
 
     def one(number):
         s = scenario(SEED, number)
-        group = run_round(as_user, image, s)
-        broken = check_round(as_user, s, group)
-        broken += clean_group(as_user, image, s["tag"])
+        try:
+            group = run_round(as_user, image, s)
+            broken = check_round(as_user, s, group)
+            broken += clean_group(as_user, image, s["tag"])
+        except Exception as e:          # a thread's exception would not fail the test
+            broken = [f"the round itself failed: {type(e).__name__}: {e}"]
         if broken:
             with lock:
                 failures.append(f"seed {SEED} round {number} ({as_user.who}): {s}\n  " +
