@@ -197,7 +197,37 @@ def mpi_run(flavour, prefix, command, extra_env, timeout):
         os.killpg(proc.pid, 9)
         out, err = proc.communicate()
         outcome = "hung"
-    return outcome, time.perf_counter() - started, out, err
+    wall = time.perf_counter() - started
+    reap(kill=outcome == "hung")
+    return outcome, wall, out, err
+
+
+def become_subreaper():
+    """Processes a launch leaves (a holder, hydra's proxies in their own process groups) are
+    reparented to us rather than to init, so that `reap` can find them."""
+    import ctypes
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)      # PR_SET_CHILD_SUBREAPER
+
+
+def reap(kill):
+    """Reap the children reparented to us; with `kill`, SIGKILL them first, and their children
+    as they are reparented in turn, until none is left (at most 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        mine = [p for p in all_pids() if parent(p) == os.getpid()]
+        for pid in mine if kill else []:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+        if not kill or not mine or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def pingpong_args(quick):
@@ -220,9 +250,14 @@ def parse_pingpong(out):
 
 def why(err):
     """The line of a failed MPI run's stderr that says what went wrong, if any."""
-    for needle in ("process_vm_readv", "Shared memory error", "MPI_ERR", "Error", "error"):
-        line = next((l.strip() for l in err.splitlines() if needle in l), None)
-        if line:
+    lines = [line.strip() for line in err.splitlines()]
+    for needle in ("process_vm_readv", "Shared memory error", "different user namespaces",
+                   "MPI_ERR", "Error", "error:"):
+        at = next((i for i, line in enumerate(lines) if needle in line), None)
+        if at is not None:
+            line = lines[at]
+            if at and line[:1].islower():           # Open MPI wraps its messages
+                line = f"{lines[at - 1]} {line}"
             return line[:160]
     return ""
 
@@ -281,6 +316,7 @@ def mpi_cases(tools, quick, step):
     """The pingpong for each MPI, the probe, and (full runs) what separate containers do with
     the defaults."""
     reps, timeout = (3, 20) if quick else (11, 40)
+    become_subreaper()
     results = {"pingpong": {}, "skipped": {}, "defaults": {}, "probe": None,
                "reps": reps, "timeout": timeout}
     for flavour in MPI_FLAVOURS:
@@ -310,6 +346,14 @@ def mpi_cases(tools, quick, step):
 
 def all_pids():
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def parent(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def comm(pid):
