@@ -231,20 +231,19 @@ def reap(kill):
 
 
 def pingpong_args(quick):
-    """mpi4py.bench pingpong from 64 KiB (quick) or 4 KiB to 4 MiB; its own loop counts
-    (10000 up to 16 KiB, 1000 up to 1 MiB) but 100 above 1 MiB (its default, 10, is noise)."""
+    """bench/pingpong.py from 64 KiB (quick) or 4 KiB to 4 MiB."""
     if quick:
-        return ["-m", str(64 << 10), "-n", str(4 << 20), "--loop-huge", "50", "--no-stats"]
-    return ["-m", str(4 << 10), "-n", str(4 << 20), "--loop-huge", "100", "--no-stats"]
+        return ["-m", str(64 << 10), "-n", str(4 << 20), "-l", "300", "--loop-huge", "50"]
+    return ["-m", str(4 << 10), "-n", str(4 << 20), "-l", "1000", "--loop-huge", "200"]
 
 
 def parse_pingpong(out):
-    """{size: MB/s} from mpi4py.bench pingpong's lines."""
+    """{size: (MB/s of the median round trip, MB/s of the mean)} from bench/pingpong.py."""
     found = {}
     for line in out.splitlines():
         fields = line.split()
-        if len(fields) >= 2 and fields[0].isdigit():
-            found[int(fields[0])] = float(fields[1])
+        if len(fields) == 3 and fields[0].isdigit():
+            found[int(fields[0])] = (float(fields[1]), float(fields[2]))
     return found
 
 
@@ -263,16 +262,18 @@ def why(err):
 
 
 def pingpong(tools, flavour, ways, reps, quick, timeout):
-    """Alternating repetitions of each way: per way, {size: [MB/s per run]} and the runs that
-    failed or hung (with the largest size they completed and why)."""
-    command = [tools["python"], "-m", "mpi4py.bench", "pingpong", *pingpong_args(quick)]
-    out = {way: {"mbps": {}, "runs": 0, "bad": []} for way in ways}
+    """Alternating repetitions of each way: per way, {size: [MB/s per run]} (from the median
+    round trip; "mbps_mean": from the mean) and the runs that failed or hung (with the largest
+    size they completed and why)."""
+    command = [tools["python"], f"{MPI_DIR}/pingpong.py", *pingpong_args(quick)]
+    out = {way: {"mbps": {}, "mbps_mean": {}, "runs": 0, "bad": []} for way in ways}
     for _ in range(reps):
         for way, (prefix, extra) in ways.items():
             outcome, _, stdout, stderr = mpi_run(flavour, prefix, command, extra, timeout)
             sizes = parse_pingpong(stdout)
-            for size, mbps in sizes.items():
-                out[way]["mbps"].setdefault(size, []).append(mbps)
+            for size, (median, mean) in sizes.items():
+                out[way]["mbps"].setdefault(size, []).append(median)
+                out[way]["mbps_mean"].setdefault(size, []).append(mean)
             out[way]["runs"] += 1
             if outcome != "ok":
                 out[way]["bad"].append({"outcome": outcome, "last_size": max(sizes, default=0),
@@ -318,7 +319,7 @@ def mpi_cases(tools, quick, step):
     reps, timeout = (3, 20) if quick else (11, 40)
     become_subreaper()
     results = {"pingpong": {}, "skipped": {}, "defaults": {}, "probe": None,
-               "reps": reps, "timeout": timeout}
+               "reps": reps, "timeout": timeout, "load": [os.getloadavg()[0]]}
     for flavour in MPI_FLAVOURS:
         missing = mpi_available(tools, flavour)
         if missing:
@@ -339,6 +340,7 @@ def mpi_cases(tools, quick, step):
         ways["join, no /etc/openmpi"] = mpi_ways(tools, "Open MPI", False)["join"]
         step("Open MPI probe: CMA, libfabric, pml, launch time")
         results["probe"] = mpi_probe(tools, ways, 2 if quick else 10, timeout)
+    results["load"].append(os.getloadavg()[0])
     return results
 
 
@@ -532,14 +534,20 @@ def mpi_report(mpi):
     lines = ["", "## MPI between two ranks of a node: what joining buys", ""]
     if not mpi:
         return lines + ["Not measured (an earlier run, or no MPI here)."]
-    lines += [f"`mpirun -n 2` (each launch with a `/dev/shm` of its own) running `python -m "
-              f"mpi4py.bench pingpong` three ways, alternating, {mpi['reps']} rounds: on the host; "
+    load = " to ".join(f"{x:.1f}" for x in mpi.get("load", []))
+    lines += [f"`mpirun -n 2` (each launch with a `/dev/shm` of its own) running "
+              f"`bench/pingpong.py` three ways, alternating, {mpi['reps']} rounds: on the host; "
               "both ranks in one container (`chjoin --join`); each rank in a container of its "
               "own (`chjoin` without `--join`, with the settings it needs not to hang or abort, "
               "below). The image is empty mount points for the host's `/usr` (the benchmark "
               "venv and `/etc/openmpi` are bound too), so all three run the same Python, mpi4py "
-              "and MPI. Median bandwidth over the rounds, GB/s (mpi4py's mean over its "
-              f"iterations; every run has a {mpi['timeout']} s timeout)."]
+              "and MPI. `bench/pingpong.py` is `python -m mpi4py.bench pingpong`'s exchange, "
+              "timing each round trip: bandwidth below is from the median round trip of a run, "
+              "GB/s, the median over the rounds (mpi4py.bench's mean round trip, in "
+              "`benchmarks.json` as `mbps_mean`, mostly measures the machine's load when two "
+              "ranks busy-poll on 2 cores). Every run has a "
+              f"{mpi['timeout']} s timeout." + (f" Load average during these runs: {load}."
+                                                if load else "")]
     for flavour, reason in mpi["skipped"].items():
         lines += ["", f"{flavour}: not measured: {reason}."]
     for flavour, ways in mpi["pingpong"].items():
@@ -638,7 +646,7 @@ def main():
     parser.add_argument("--out", required=True, help="where BENCHMARKS.md and the plot go")
     parser.add_argument("--host-image", help="an image of mount points for the host's /usr "
                         "(the MPI cases; bench/run builds it)")
-    parser.add_argument("--mpi-dir", help="bound into the host image: mpi_probe.py and "
+    parser.add_argument("--mpi-dir", help="bound into the host image: mpi_probe.py, pingpong.py, "
                         "mpich-abi/libmpi.so.12")
     parser.add_argument("--no-mpi", action="store_true", help="skip the MPI cases")
     parser.add_argument("--quick", action="store_true")
