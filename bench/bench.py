@@ -128,7 +128,8 @@ def nothing_resident(tools, n=8, seconds=3):
             break
     seen = {"comms": sorted({comm(p) for p in pids}),
             "rss_kib": statistics.median(read_status(p).get("VmRSS", 0) for p in pids),
-            "chjoin_processes": [p for p in all_pids() if is_chjoin(p)]}
+            "chjoin_processes": [p for p in all_pids()
+                                 if is_chjoin(p) and b"--join-tag=bench-resident" in cmdline(p)]}
     failed = sum(os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) != 0 for p in pids)
     seen["failed"] = failed
     return seen
@@ -411,7 +412,7 @@ def machine(tools):
     def first(cmd):
         try:
             done = subprocess.run(cmd, capture_output=True, text=True)
-            return (done.stdout + done.stderr).strip().splitlines()[0]
+            return (done.stdout.strip() or done.stderr.strip()).splitlines()[0]
         except (OSError, IndexError):
             return "?"
     with open("/proc/cpuinfo") as f:
@@ -446,6 +447,9 @@ def report(results, quick):
              "repetition.", "",
              "| machine | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in m.items() if k != "date"]
+    if results.get("load"):
+        lines.append(f"| load average (1 min), start and end of the run | "
+                     f"{', '.join(f'{x:.1f}' for x in results['load'])} |")
     s = results["single"]
     floor = med_ms(s['python -c "import click, posix_ipc"']["wall"])
     chjoin = med_ms(s["chjoin IMG -- true"]["wall"])
@@ -670,7 +674,7 @@ def main():
     if args.only_slurm:
         results = load(os.path.join(args.out, "benchmarks.json"))
     else:
-        results = {"machine": machine(tools), "slurm": {}}
+        results = {"machine": machine(tools), "slurm": {}, "load": [os.getloadavg()[0]]}
         step("one launch")
         results["single"] = single_launch(tools, 15 if quick else 60)
         step(f"N-way join with sleep {SLEEP}, N = {sizes}")
@@ -686,6 +690,8 @@ def main():
     for shape in args.slurm:
         step(f"srun {shape}")
         results["slurm"][f"srun {shape}"] = slurm_cases(tools, shape.split(), 2 if quick else 5)
+    if not args.only_slurm:
+        results["load"].append(os.getloadavg()[0])
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "benchmarks.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
