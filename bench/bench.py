@@ -258,7 +258,7 @@ def why(err):
             line = lines[at]
             if at and line[:1].islower():           # Open MPI wraps its messages
                 line = f"{lines[at - 1]} {line}"
-            return line[:160]
+            return line if len(line) <= 160 else "..." + line[-157:]
     return ""
 
 
