@@ -128,7 +128,8 @@ def nothing_resident(tools, n=8, seconds=3):
             break
     seen = {"comms": sorted({comm(p) for p in pids}),
             "rss_kib": statistics.median(read_status(p).get("VmRSS", 0) for p in pids),
-            "chjoin_processes": [p for p in all_pids() if is_chjoin(p)]}
+            "chjoin_processes": [p for p in all_pids()
+                                 if is_chjoin(p) and b"--join-tag=bench-resident" in cmdline(p)]}
     failed = sum(os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) != 0 for p in pids)
     seen["failed"] = failed
     return seen
@@ -145,10 +146,217 @@ def slurm_cases(tools, shape, reps):
     return alternate(cases, reps)
 
 
+# --- MPI between two ranks of a node --------------------------------------------------------
+
+# Open MPI as root; MPICH through mpi4py's MPICH build (bench/run links libmpi.so.12).
+MPI_FLAVOURS = {
+    "Open MPI": {"mpirun": "mpirun",
+                 "env": {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"},
+                 # separate user namespaces: no CMA single copy (else it hangs at 4 MiB)
+                 "separate": {"OMPI_MCA_btl_vader_single_copy_mechanism": "none"}},
+    "MPICH": {"mpirun": "mpirun.mpich",
+              "env": {"MPI4PY_MPIABI": "mpich", "LD_LIBRARY_PATH": "{mpi_dir}/mpich-abi"},
+              # separate user namespaces: no CMA (aborts at 16 KiB), no /proc/PID/fd links
+              "separate": {"UCX_TLS": "self,sysv,posix", "UCX_POSIX_USE_PROC_LINK": "n"}},
+}
+PINGPONG_SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20]   # reported
+# Each launch gets a /dev/shm of its own (a tmpfs in a private mount namespace): whatever a
+# failed or killed run leaves there (vader segments, ucx_shm_posix_*, chjoin's names) goes
+# with it, and never meets anyone else's.
+PRIVATE_SHM = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs -o mode=1777 tmpfs /dev/shm && exec "$@"', "sh"]
+
+
+def mpi_ways(tools, flavour, with_etc_openmpi=True):
+    """{way: (argv before the Python command, extra environment)}: on the host; both ranks in
+    one container (--join); each rank in a container of its own, with the settings it needs."""
+    binds = ["-b", "/usr", "-b", "/etc/ld.so.cache", "-b", "/etc/alternatives",
+             "-b", tools["venv"], "-b", MPI_DIR]
+    if with_etc_openmpi:
+        binds += ["-b", "/etc/openmpi"]         # Debian's openmpi-mca-params.conf (see README)
+    return {
+        "host": ([], {}),
+        "join": ([tools["chjoin"], "--join", "--join-ct=2", *binds, HOST_IMAGE, "--"], {}),
+        "separate": ([tools["chjoin"], *binds, HOST_IMAGE, "--"],
+                     MPI_FLAVOURS[flavour]["separate"]),
+    }
+
+
+def mpi_run(flavour, prefix, command, extra_env, timeout):
+    """`mpirun -n 2 PREFIX COMMAND` with a private /dev/shm: (outcome, seconds, stdout, stderr);
+    outcome is "ok", "failed" or "hung" (killed, with all its processes, at `timeout`)."""
+    spec = MPI_FLAVOURS[flavour]
+    env = {**ENV, **{k: v.format(mpi_dir=MPI_DIR) for k, v in spec["env"].items()}, **extra_env}
+    argv = [*PRIVATE_SHM, spec["mpirun"], "-n", "2", *prefix, *command]
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, cwd="/")
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        outcome = "ok" if proc.returncode == 0 else "failed"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, err = proc.communicate()
+        outcome = "hung"
+    wall = time.perf_counter() - started
+    reap(kill=outcome == "hung")
+    return outcome, wall, out, err
+
+
+def become_subreaper():
+    """Processes a launch leaves (a holder, hydra's proxies in their own process groups) are
+    reparented to us rather than to init, so that `reap` can find them."""
+    import ctypes
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)      # PR_SET_CHILD_SUBREAPER
+
+
+def reap(kill):
+    """Reap the children reparented to us; with `kill`, SIGKILL them first, and their children
+    as they are reparented in turn, until none is left (at most 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        mine = [p for p in all_pids() if parent(p) == os.getpid()]
+        for pid in mine if kill else []:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+        if not kill or not mine or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+
+
+def pingpong_args(quick):
+    """bench/pingpong.py from 64 KiB (quick) or 4 KiB to 4 MiB."""
+    if quick:
+        return ["-m", str(64 << 10), "-n", str(4 << 20), "-l", "300", "--loop-huge", "50"]
+    return ["-m", str(4 << 10), "-n", str(4 << 20), "-l", "1000", "--loop-huge", "200"]
+
+
+def parse_pingpong(out):
+    """{size: (MB/s of the median round trip, MB/s of the mean)} from bench/pingpong.py."""
+    found = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0].isdigit():
+            found[int(fields[0])] = (float(fields[1]), float(fields[2]))
+    return found
+
+
+def why(err):
+    """The line of a failed MPI run's stderr that says what went wrong, if any."""
+    lines = [line.strip() for line in err.splitlines()]
+    for needle in ("process_vm_readv", "Shared memory error", "different user namespaces",
+                   "MPI_ERR", "Error", "error:"):
+        at = next((i for i, line in enumerate(lines) if needle in line), None)
+        if at is not None:
+            line = lines[at]
+            if at and line[:1].islower():           # Open MPI wraps its messages
+                line = f"{lines[at - 1]} {line}"
+            return line if len(line) <= 160 else "..." + line[-157:]
+    return ""
+
+
+def pingpong(tools, flavour, ways, reps, quick, timeout):
+    """Alternating repetitions of each way: per way, {size: [MB/s per run]} (from the median
+    round trip; "mbps_mean": from the mean) and the runs that failed or hung (with the largest
+    size they completed and why)."""
+    command = [tools["python"], f"{MPI_DIR}/pingpong.py", *pingpong_args(quick)]
+    out = {way: {"mbps": {}, "mbps_mean": {}, "runs": 0, "bad": []} for way in ways}
+    for _ in range(reps):
+        for way, (prefix, extra) in ways.items():
+            outcome, _, stdout, stderr = mpi_run(flavour, prefix, command, extra, timeout)
+            sizes = parse_pingpong(stdout)
+            for size, (median, mean) in sizes.items():
+                out[way]["mbps"].setdefault(size, []).append(median)
+                out[way]["mbps_mean"].setdefault(size, []).append(mean)
+            out[way]["runs"] += 1
+            if outcome != "ok":
+                out[way]["bad"].append({"outcome": outcome, "last_size": max(sizes, default=0),
+                                        "why": why(stderr)})
+    return out
+
+
+def mpi_probe(tools, ways, reps, timeout):
+    """bench/mpi_probe.py under Open MPI's mpirun -n 2, each way in turn: wall seconds of the
+    whole launch and what the ranks saw (CMA, libfabric, pml)."""
+    command = [tools["python"], f"{MPI_DIR}/mpi_probe.py"]
+    out = {way: {"wall": [], "seen": [], "bad": []} for way in ways}
+    for _ in range(reps):
+        for way, (prefix, extra) in ways.items():
+            outcome, wall, stdout, stderr = mpi_run("Open MPI", prefix, command, extra, timeout)
+            lines = [l for l in stdout.splitlines() if l.startswith("{")]
+            if outcome == "ok" and lines:
+                out[way]["wall"].append(wall)
+                out[way]["seen"].append(json.loads(lines[-1]))
+            else:
+                out[way]["bad"].append({"outcome": outcome, "why": why(stderr)})
+    return out
+
+
+def mpi_available(tools, flavour):
+    """None if `flavour` can run here, else why not."""
+    spec = MPI_FLAVOURS[flavour]
+    if not shutil.which(spec["mpirun"]) or not shutil.which("unshare"):
+        return f"{spec['mpirun']} or unshare not installed"
+    if not HOST_IMAGE:
+        return "no host image (bench/run builds one)"
+    env = {**ENV, **{k: v.format(mpi_dir=MPI_DIR) for k, v in spec["env"].items()}}
+    done = subprocess.run([tools["python"], "-c", "from mpi4py import MPI"], env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"mpi4py fails: {why(done.stderr) or done.stderr[-200:]}"
+    return None
+
+
+def mpi_cases(tools, quick, step):
+    """The pingpong for each MPI, the probe, and (full runs) what separate containers do with
+    the defaults."""
+    reps, timeout = (3, 20) if quick else (11, 40)
+    become_subreaper()
+    results = {"pingpong": {}, "skipped": {}, "defaults": {}, "probe": None,
+               "reps": reps, "timeout": timeout, "load": [os.getloadavg()[0]]}
+    for flavour in MPI_FLAVOURS:
+        missing = mpi_available(tools, flavour)
+        if missing:
+            results["skipped"][flavour] = missing
+            continue
+        ways = mpi_ways(tools, flavour)
+        if flavour == "Open MPI" and not quick:
+            ways["join, no /etc/openmpi"] = mpi_ways(tools, flavour, False)["join"]
+        step(f"{flavour} pingpong, {' / '.join(ways)}, {reps} rounds")
+        results["pingpong"][flavour] = pingpong(tools, flavour, ways, reps, quick, timeout)
+        if not quick:
+            step(f"{flavour} pingpong in separate containers with the defaults, 3 runs")
+            prefix = mpi_ways(tools, flavour)["separate"][0]
+            results["defaults"][flavour] = pingpong(tools, flavour, {"separate": (prefix, {})},
+                                                    3, quick, 15)["separate"]
+    if "Open MPI" not in results["skipped"]:
+        ways = mpi_ways(tools, "Open MPI")
+        ways["join, no /etc/openmpi"] = mpi_ways(tools, "Open MPI", False)["join"]
+        step("Open MPI probe: CMA, libfabric, pml, launch time")
+        results["probe"] = mpi_probe(tools, ways, 2 if quick else 10, timeout)
+    results["load"].append(os.getloadavg()[0])
+    return results
+
+
 # --- /proc -----------------------------------------------------------------------------------
 
 def all_pids():
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def parent(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def comm(pid):
@@ -204,7 +412,7 @@ def machine(tools):
     def first(cmd):
         try:
             done = subprocess.run(cmd, capture_output=True, text=True)
-            return (done.stdout + done.stderr).strip().splitlines()[0]
+            return (done.stdout.strip() or done.stderr.strip()).splitlines()[0]
         except (OSError, IndexError):
             return "?"
     with open("/proc/cpuinfo") as f:
@@ -239,6 +447,9 @@ def report(results, quick):
              "repetition.", "",
              "| machine | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in m.items() if k != "date"]
+    if results.get("load"):
+        lines.append(f"| load average (1 min), start and end of the run | "
+                     f"{', '.join(f'{x:.1f}' for x in results['load'])} |")
     s = results["single"]
     floor = med_ms(s['python -c "import click, posix_ipc"']["wall"])
     chjoin = med_ms(s["chjoin IMG -- true"]["wall"])
@@ -293,6 +504,7 @@ def report(results, quick):
         lines += ["", "(failures count whole `srun` runs: a run fails if any rank fails)"]
     else:
         lines.append("Not measured: no Slurm cluster was up (`bench/run --slurm` starts one).")
+    lines += mpi_report(results.get("mpi"))
     h, rest = results["holder"], results["resident"]
     lines += ["", "## What stays resident", "",
               f"- The holder (one per container, until the last rank is in): "
@@ -305,6 +517,97 @@ def report(results, quick):
               f"**{len(rest['chjoin_processes'])}**."]
     lines += ["", "## Join overhead against N", "", "![join overhead](join-overhead.png)", ""]
     return "\n".join(lines)
+
+
+def size_name(size):
+    return f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
+
+
+def bad_runs(r):
+    """'0/11', or '2/11 (hung after 2 MiB; failed after 8 KiB: why)'."""
+    text = f"{len(r['bad'])}/{r['runs']}"
+    if r["bad"]:
+        what = sorted({f"{b['outcome']} after {size_name(b['last_size'])}"
+                       if b["last_size"] else b["outcome"] for b in r["bad"]})
+        reasons = sorted({b["why"] for b in r["bad"] if b["why"]})
+        text += f" ({', '.join(what)}{': `' + reasons[0] + '`' if reasons else ''})"
+    return text
+
+
+def mpi_report(mpi):
+    lines = ["", "## MPI between two ranks of a node: what joining buys", ""]
+    if not mpi:
+        return lines + ["Not measured (an earlier run, or no MPI here)."]
+    load = " to ".join(f"{x:.1f}" for x in mpi.get("load", []))
+    lines += [f"`mpirun -n 2` (each launch with a `/dev/shm` of its own) running "
+              f"`bench/pingpong.py` three ways, alternating, {mpi['reps']} rounds: on the host; "
+              "both ranks in one container (`chjoin --join`); each rank in a container of its "
+              "own (`chjoin` without `--join`, with the settings it needs not to hang or abort, "
+              "below). The image is empty mount points for the host's `/usr` (the benchmark "
+              "venv and `/etc/openmpi` are bound too), so all three run the same Python, mpi4py "
+              "and MPI. `bench/pingpong.py` is `python -m mpi4py.bench pingpong`'s exchange, "
+              "timing each round trip: bandwidth below is from the median round trip of a run, "
+              "GB/s, the median over the rounds (mpi4py.bench's mean round trip, in "
+              "`benchmarks.json` as `mbps_mean`, mostly measures the machine's load when two "
+              "ranks busy-poll on 2 cores). Every run has a "
+              f"{mpi['timeout']} s timeout." + (f" Load average during these runs: {load}."
+                                                if load else "")]
+    for flavour, reason in mpi["skipped"].items():
+        lines += ["", f"{flavour}: not measured: {reason}."]
+    for flavour, ways in mpi["pingpong"].items():
+        names = list(ways)
+        extra = [n for n in names if n not in ("host", "join", "separate")]
+        lines += ["", f"### {flavour} ({MPI_FLAVOURS[flavour]['mpirun']})", "",
+                  "| message | host | `--join` | separate containers | **join / separate** "
+                  "| join / host |" + "".join(f" {n} |" for n in extra),
+                  "|---|---|---|---|---|---|" + "---|" * len(extra)]
+
+        def gbps(way, size):
+            values = ways[way]["mbps"].get(size) or ways[way]["mbps"].get(str(size))
+            return statistics.median(values) / 1000 if values else None
+
+        def cell(value):
+            return f"{value:.2f}" if value is not None else "–"
+
+        for size in PINGPONG_SIZES:
+            host, join, sep = (gbps(w, size) for w in ("host", "join", "separate"))
+            if host is None and join is None:
+                continue
+            row = (f"| {size_name(size)} | {cell(host)} | {cell(join)} | {cell(sep)} | "
+                   f"**{ratio(join, sep) if join and sep else '–'}** | "
+                   f"{ratio(join, host) if join and host else '–'} |")
+            row += "".join(f" {cell(gbps(n, size))} |" for n in extra)
+            lines.append(row)
+        lines.append("| failed or hung runs | " + " | ".join(
+            bad_runs(ways[w]) for w in ("host", "join", "separate")) + " | | |" +
+            "".join(f" {bad_runs(ways[n])} |" for n in extra))
+        settings = ", ".join(f"`{k}={v}`" for k, v in MPI_FLAVOURS[flavour]["separate"].items())
+        lines += ["", f"Separate containers ran with {settings}."]
+        if flavour in mpi["defaults"]:
+            lines += [f"Without {'it' if len(MPI_FLAVOURS[flavour]['separate']) == 1 else 'them'}"
+                      f" (the defaults), separate containers: failed or hung in "
+                      f"**{bad_runs(mpi['defaults'][flavour])}** runs."]
+    probe = mpi["probe"]
+    if probe:
+        lines += ["", "### What the ranks get (Open MPI, `bench/mpi_probe.py`)", "",
+                  "CMA: rank 0 reads rank 1's memory with `process_vm_readv(2)`, the single copy "
+                  "of Open MPI's vader and UCX's cma. *pickled*: mpi4py's `comm.sendrecv` (it "
+                  "receives by `MPI_Mprobe`). Launch: the whole `mpirun -n 2`, median.", "",
+                  "| ranks | CMA | libfabric loaded | pml | pickled sendrecv | launch | failed "
+                  "or hung |", "|---|---|---|---|---|---|---|"]
+        for way, r in probe.items():
+            seen = r["seen"]
+
+            def values(key):
+                shown = {"yes" if v is True else "no" if v is False else
+                         " ".join(v) if isinstance(v, list) else str(v)
+                         for v in (s[key] for s in seen)}
+                return ", ".join(sorted(shown)) or "–"
+            wall = f"{med_ms(r['wall']) / 1000:.2f} s" if r["wall"] else "–"
+            lines.append(f"| {way} | {values('cma')} | {values('libfabric')} | "
+                         f"{values('pml')} | {values('pickled')} | {wall} | "
+                         f"{len(r['bad'])}/{len(r['bad']) + len(seen)} |")
+    return lines
 
 
 def plot(results, path):
@@ -340,11 +643,16 @@ def load(path):
 
 
 def main():
-    global IMAGE, ENV
+    global IMAGE, ENV, HOST_IMAGE, MPI_DIR
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", required=True, help="the venv whose chjoin and python to time")
     parser.add_argument("--image", required=True)
     parser.add_argument("--out", required=True, help="where BENCHMARKS.md and the plot go")
+    parser.add_argument("--host-image", help="an image of mount points for the host's /usr "
+                        "(the MPI cases; bench/run builds it)")
+    parser.add_argument("--mpi-dir", help="bound into the host image: mpi_probe.py, pingpong.py, "
+                        "mpich-abi/libmpi.so.12")
+    parser.add_argument("--no-mpi", action="store_true", help="skip the MPI cases")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--slurm", action="append", default=[], metavar="SHAPE",
                         help="an srun shape to measure, e.g. --slurm=-n16 --slurm='-N3 -n7'")
@@ -352,10 +660,11 @@ def main():
                         help="measure only the srun shapes, added to OUT/benchmarks.json")
     args = parser.parse_args()
     IMAGE = args.image
+    HOST_IMAGE, MPI_DIR = args.host_image, args.mpi_dir
     ENV = {"PATH": "/usr/bin:/bin", "USER": os.environ.get("USER") or "root",
            "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
     tools = {"chjoin": f"{args.venv}/bin/chjoin", "python": f"{args.venv}/bin/python",
-             "ch-run": shutil.which("ch-run") or "/usr/bin/ch-run"}
+             "ch-run": shutil.which("ch-run") or "/usr/bin/ch-run", "venv": args.venv}
     quick = args.quick
     sizes = [8, 32, 64]
 
@@ -365,7 +674,7 @@ def main():
     if args.only_slurm:
         results = load(os.path.join(args.out, "benchmarks.json"))
     else:
-        results = {"machine": machine(tools), "slurm": {}}
+        results = {"machine": machine(tools), "slurm": {}, "load": [os.getloadavg()[0]]}
         step("one launch")
         results["single"] = single_launch(tools, 15 if quick else 60)
         step(f"N-way join with sleep {SLEEP}, N = {sizes}")
@@ -376,9 +685,13 @@ def main():
         step("holder memory, nothing resident")
         results["holder"] = holder_memory(tools)
         results["resident"] = dict(nothing_resident(tools), n=8)
+        if not args.no_mpi:
+            results["mpi"] = mpi_cases(tools, quick, step)
     for shape in args.slurm:
         step(f"srun {shape}")
         results["slurm"][f"srun {shape}"] = slurm_cases(tools, shape.split(), 2 if quick else 5)
+    if not args.only_slurm:
+        results["load"].append(os.getloadavg()[0])
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "benchmarks.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
