@@ -81,6 +81,24 @@ def names_of(runner, tag):
                   if n in (f"chjoin-{runner.uid}-{tag}", f"sem.chjoin-{runner.uid}-{tag}"))
 
 
+def describe(runner, tag):
+    """The groups in the tag's record, for a failure message: what each still waits for."""
+    import mmap
+
+    from chjoin import ipc, ns
+    try:
+        with open(f"/dev/shm/chjoin-{runner.uid}-{tag}", "rb") as f:
+            groups = ipc.load(mmap.mmap(f.fileno(), ipc.SIZE, prot=mmap.PROT_READ))
+    except OSError as e:
+        return str(e)
+    now = time.monotonic()
+    return "; ".join(
+        f"state {g.state} count {g.expected} deadline {g.deadline - now:+.1f} s holder "
+        f"{g.holder} alive {ns.alive(*g.holder)} slots "
+        f"{[(pid, state, start, ns.alive(pid, start)) for pid, state, start in g.slots]} "
+        f"{g.error!r}" for g in groups or []) if groups is not None else "unreadable"
+
+
 def winner_of(rank):
     won = re.search(r"chjoin\[(\d+)\]: info: join: (won|a group of one)", rank.stderr)
     joined = re.search(r"joined the container of winner pid (\d+)", rank.stderr)
@@ -121,7 +139,7 @@ def check_round(runner, s, group):
         broken.append(f"processes outlived the round: {group.lingering}")
     left = names_of(runner, s["tag"])
     if left and not sigkilled:
-        broken.append(f"left {left} with nothing SIGKILLed")
+        broken.append(f"left {left} with nothing SIGKILLed: {describe(runner, s['tag'])}")
     return broken
 
 
@@ -134,7 +152,8 @@ def clean_group(runner, image, tag):
     elif len({r.stdout for r in group.ranks}) != 1:
         broken.append(f"clean group split: {[r.stdout for r in group.ranks]}")
     if group.lingering or names_of(runner, tag):
-        broken.append(f"clean group left {group.lingering} {names_of(runner, tag)}")
+        broken.append(f"clean group left {group.lingering} {names_of(runner, tag)}: "
+                      f"{describe(runner, tag)}")
     return broken
 
 
