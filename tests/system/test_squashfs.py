@@ -319,6 +319,27 @@ def test_sigkill_of_one_process_never_stops_the_others_reading(as_user, sqfs, vi
     assert_nothing_left(as_user, sqfs, group)
 
 
+def test_the_daemon_outlives_sigterm_sigint_and_sighup(as_user, sqfs):
+    """Slurm sends SIGTERM to everything of a step, then waits (KillWait) before SIGKILL: the
+    daemon ignores it (and Ctrl-C's SIGINT, a hangup's SIGHUP), so ranks finish reading."""
+    sent = []
+
+    def signal_the_daemon():
+        time.sleep(1.0)
+        for pid in daemons(sqfs):
+            for signum in (15, 2, 1):
+                os.kill(pid, signum)
+            sent.append(pid)
+    thread = threading.Thread(target=signal_the_daemon)
+    thread.start()
+    group = as_user.group(["--join-ct=4", "--join-tag=sqterm2", sqfs, *reading(3)], [{}] * 4,
+                          timeout=60)
+    thread.join()
+    assert sent, "no daemon to signal"
+    assert group.returncodes == [0] * 4, [r.stderr for r in group.ranks]
+    assert_nothing_left(as_user, sqfs, group)
+
+
 def test_a_winners_squashfs_failure_reaches_every_peer_with_exit_84(as_user, squash_dir):
     """The daemon fails at INIT on the winner: its waiting peers fail at once, with the cause
     and the winner's exit code."""
