@@ -14,7 +14,8 @@ import sys
 from chjoin import __version__
 from chjoin import env as envmod
 from chjoin.config import WRITE_FAKE_DEFAULT_SIZE, BindSpec, Identity, Launch
-from chjoin.log import EXIT_SQUASH, EXIT_USAGE, Fatal, Log, Timings, error, flush_stdio, warnings_reprint
+from chjoin.log import (EXIT_SQUASH, EXIT_USAGE, Fatal, Log, Timings, error, flush_stdio,
+                        warnings_reprint)
 from chjoin.peers import parse_int
 
 IMAGE_ENV = "\0image"   # the value of a bare --set-env: the image's /ch/environment
