@@ -48,7 +48,9 @@ def alternate(cases, reps, n=1):
     out = {name: {"wall": [], "cpu": [], "failed": 0, "runs": 0} for name in cases}
     for rep in range(reps):
         for name, make in cases.items():
-            wall, cpu, failed = spawn_all([make(rep)] * n, ENV)
+            argvs = make(rep)           # one argv for all n, or a list of n argvs
+            wall, cpu, failed = spawn_all(argvs if isinstance(argvs[0], list) else [argvs] * n,
+                                          ENV)
             clean_ch_run_leftovers()
             out[name]["wall"].append(wall)
             out[name]["cpu"].append(cpu / n)
@@ -345,6 +347,105 @@ def mpi_cases(tools, quick, step):
     return results
 
 
+# --- SquashFS ----------------------------------------------------------------------------------
+
+READ_BIG = "cat /data/big > /dev/null"      # 40 MB, in every rank
+READ_TREE = "ls -R /tree > /dev/null"      # 16 000 entries, in every rank
+
+
+def squashfs_cases(tools, sqfs, n, script, first=None):
+    """n ranks of `sh -c script` on SquashFS image `sqfs`: chjoin and ch-run, each with --join
+    (chjoin: one mount; ch-run: one mount whose server is the winner) and without (n mounts);
+    with `first`, the first rank started runs that instead, and only --join is measured."""
+    def join(tool, r):
+        argv = [tools[tool], f"--join-ct={n}", f"--join-tag=bench-sq-{n}-{r}", sqfs, "--"]
+        if first is None:
+            return [*argv, "sh", "-c", script]
+        return [[*argv, "sh", "-c", first]] + [[*argv, "sh", "-c", script]] * (n - 1)
+    cases = {"chjoin --join": lambda r: join("chjoin", r),
+             "ch-run --join": lambda r: join("ch-run", r)}
+    if first is None:
+        cases["chjoin"] = lambda r: [tools["chjoin"], sqfs, "--", "sh", "-c", script]
+        cases["ch-run"] = lambda r: [tools["ch-run"], sqfs, "--", "sh", "-c", script]
+    return cases
+
+
+def fuse_servers():
+    """{pid: cpu ticks} of the processes serving a FUSE mount: squashfuse_ll (chjoin's), and the
+    ch-run processes that hold /dev/fuse (ch-run 0.31 serves SquashFS itself, in the process
+    that forks the container's; the child, which holds it a moment, is not counted)."""
+    found = {}
+    for pid in all_pids():
+        name = comm(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            if fields[0] in ("Z", "X"):       # exited; its parent has not reaped it yet
+                continue
+            if name == "ch-run":
+                if comm(int(fields[1])) == "ch-run" or not any(
+                        os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/fuse"
+                        for fd in os.listdir(f"/proc/{pid}/fd")):
+                    continue
+            elif name != "squashfuse_ll":
+                continue
+            found[pid] = int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return found
+
+
+def page_cache_kib():
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Cached:"))
+
+
+def observe(argvs):
+    """Start argvs at once and watch them, untimed: FUSE servers started (and the CPU each used,
+    as last seen), and the page cache's peak growth over what it held before."""
+    before = page_cache_kib()
+    servers, peak = {}, before
+    pids = [os.posix_spawnp(argv[0], argv, ENV, file_actions=NULL_ACTIONS) for argv in argvs]
+    failed = 0
+    while pids:
+        servers.update(fuse_servers())
+        peak = max(peak, page_cache_kib())
+        for pid in list(pids):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                failed += os.waitstatus_to_exitcode(status) != 0
+                pids.remove(pid)
+        time.sleep(0.01)
+    clean_ch_run_leftovers()
+    hz = os.sysconf("SC_CLK_TCK")
+    return {"servers": len(servers), "server_cpu_ms": sorted(t * 1000 / hz
+                                                             for t in servers.values()),
+            "page_cache_mib": (peak - before) / 1024, "failed": failed}
+
+
+def squashfs(tools, sqfs, quick):
+    """SquashFS: one launch; 32 ranks reading one 40 MB file (and, with --join, 31 reading it
+    after the first has exited); 32 ranks listing 16 000 entries."""
+    n = 32
+    single = {"ch-run IMG.sqfs -- true": lambda r: [tools["ch-run"], sqfs, "--", "true"],
+              "chjoin IMG.sqfs -- true": lambda r: [tools["chjoin"], sqfs, "--", "true"]}
+    alternate(single, 2)
+    out = {"single": alternate(single, 10 if quick else 40), "n": n}
+    reps = 2 if quick else 5
+    out["after_exit"] = alternate(squashfs_cases(tools, sqfs, n, f"sleep 0.5; {READ_BIG}",
+                                                 first="true"), reps, n)
+    for key, script in (("read", READ_BIG), ("tree", READ_TREE)):
+        out[key] = alternate(squashfs_cases(tools, sqfs, n, script), reps, n)
+        # all n containers alive at once, for the servers and the page cache they hold
+        watch = squashfs_cases(tools, sqfs, n, f"{script}; sleep 1")
+        out[f"{key}_observed"] = {name: observe([make(f"o{key}")] * n)
+                                  for name, make in watch.items()}
+        alone = {"chjoin, 1 rank": lambda r, s=script: [tools["chjoin"], sqfs, "--", "sh", "-c",
+                                                        s]}
+        out[f"{key}_one"] = alternate(alone, reps)["chjoin, 1 rank"]
+    return out
+
+
 # --- /proc -----------------------------------------------------------------------------------
 
 def all_pids():
@@ -515,6 +616,7 @@ def report(results, quick):
               f"processes are `{', '.join(rest['comms'])}` ({rest['rss_kib'] / 1024:.1f} MiB "
               f"resident each, median), and chjoin processes left on the machine: "
               f"**{len(rest['chjoin_processes'])}**."]
+    lines += squashfs_report(results.get("squashfs"))
     lines += ["", "## Join overhead against N", "", "![join overhead](join-overhead.png)", ""]
     return "\n".join(lines)
 
@@ -610,6 +712,45 @@ def mpi_report(mpi):
     return lines
 
 
+def squashfs_report(sq):
+    """The SquashFS section: one launch, then 32 ranks reading a 40 MB file and listing a tree
+    of 16 000 entries, each with and without --join, chjoin and ch-run."""
+    lines = ["", "## SquashFS images", ""]
+    if not sq:
+        return lines + ["Not measured (no SquashFS image: `bench/run` builds one)."]
+    s = sq["single"]
+    lines += [f"One launch ({len(s['chjoin IMG.sqfs -- true']['wall'])} runs each): "
+              + "; ".join(f"`{name}` {med_ms(r['wall']):.1f} ms wall, {med_ms(r['cpu']):.1f} ms "
+                          "CPU" for name, r in s.items()) + ".", ""]
+    n = sq["n"]
+    after = sq["after_exit"]
+    lines += [f"{n} ranks with `--join`, the first running `true`, the other {n - 1} reading the "
+              "image's 40 MB file half a second later, while the first has exited: failed ranks "
+              + ", ".join(f"{name} **{r['failed']}/{r['runs']}**" for name, r in after.items())
+              + " (ch-run 0.31's server is its winner: its peers die of SIGBUS).", ""]
+    for key, what in (("read", f"{n} ranks at once, each reading the same 40 MB file "
+                               "(`cat /data/big`)"),
+                      ("tree", f"{n} ranks at once, each listing a tree of 16 000 entries "
+                               "(`ls -R /tree`)")):
+        timed, seen = sq[key], sq[f"{key}_observed"]
+        one = med_ms(sq[f"{key}_one"]["wall"])
+        reps = len(next(iter(timed.values()))["wall"])
+        lines += [f"### {what}", "",
+                  f"Wall and failures: {reps} timed rounds (medians). FUSE servers, their CPU "
+                  "and the page cache: one more round in which every rank then sleeps 1 s, so "
+                  f"that all {n} containers are alive at once. One rank alone, chjoin: "
+                  f"{one:.0f} ms.", "",
+                  "| | wall | failed ranks | FUSE servers | their CPU, each (max) "
+                  "| page cache added (peak) |", "|---|---|---|---|---|---|"]
+        for name, r in timed.items():
+            w = seen.get(name) or {"servers": 0, "server_cpu_ms": [0], "page_cache_mib": 0}
+            lines.append(f"| {name} | {med_ms(r['wall']):.0f} ms | {r['failed']}/{r['runs']} | "
+                         f"{w['servers']} | {max(w['server_cpu_ms'] or [0]):.0f} ms | "
+                         f"{w['page_cache_mib']:.0f} MiB |")
+        lines.append("")
+    return lines
+
+
 def plot(results, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -656,6 +797,10 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--slurm", action="append", default=[], metavar="SHAPE",
                         help="an srun shape to measure, e.g. --slurm=-n16 --slurm='-N3 -n7'")
+    parser.add_argument("--squashfs", metavar="IMG.sqfs",
+                        help="a SquashFS image with /data/big (40 MB) and /tree (16 000 entries)")
+    parser.add_argument("--only-sq", action="store_true",
+                        help="measure only the SquashFS cases (written to OUT/squashfs.json)")
     parser.add_argument("--only-slurm", action="store_true",
                         help="measure only the srun shapes, added to OUT/benchmarks.json")
     args = parser.parse_args()
@@ -671,6 +816,13 @@ def main():
     def step(what):
         print(f"bench: {what}", flush=True)
 
+    if args.only_sq:
+        results = {"squashfs": squashfs(tools, args.squashfs, quick)}
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "squashfs.json"), "w") as f:
+            json.dump(results, f, indent=1, default=str)
+        print("\n".join(squashfs_report(results["squashfs"])))
+        return
     if args.only_slurm:
         results = load(os.path.join(args.out, "benchmarks.json"))
     else:
@@ -682,6 +834,9 @@ def main():
                                            ["sleep", str(SLEEP)], "sleep")
         step("N-way join with true")
         results["join_true"] = join_sweep(tools, sizes, 2 if quick else 5, ["true"], "true")
+        if args.squashfs:
+            step("SquashFS: one launch, 32 ranks reading 40 MB, 32 ranks listing 16 000 entries")
+            results["squashfs"] = squashfs(tools, args.squashfs, quick)
         step("holder memory, nothing resident")
         results["holder"] = holder_memory(tools)
         results["resident"] = dict(nothing_resident(tools), n=8)

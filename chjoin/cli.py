@@ -14,7 +14,8 @@ import sys
 from chjoin import __version__
 from chjoin import env as envmod
 from chjoin.config import WRITE_FAKE_DEFAULT_SIZE, BindSpec, Identity, Launch
-from chjoin.log import EXIT_USAGE, Fatal, Log, Timings, error, flush_stdio, warnings_reprint
+from chjoin.log import (EXIT_SQUASH, EXIT_USAGE, Fatal, Log, Timings, error, flush_stdio,
+                        warnings_reprint)
 from chjoin.peers import parse_int
 
 IMAGE_ENV = "\0image"   # the value of a bare --set-env: the image's /ch/environment
@@ -49,6 +50,9 @@ OPTIONS = (
     ("join-timeout", "", VALUE, "SECONDS",
      "late ranks may join until SECONDS after the group's first one arrived; then its "
      "container is no longer kept for them (default: $CHJOIN_JOIN_TIMEOUT, else 30)"),
+    ("mount", "m", VALUE, "DIR",
+     "SquashFS image: mount it at DIR, in the container's own mount namespace (default: "
+     "/var/tmp/$USER.ch/mnt, created if missing)"),
     ("quiet", "q", COUNT, "",
      "print less: -q hides CMD's stdout, -qq also warnings, -qqq also CMD's stderr"),
     ("storage", "s", VALUE, "DIR",
@@ -176,7 +180,11 @@ def feature(name):
     if name == "overlayfs":
         with open("/proc/filesystems") as f:
             return 0 if "\toverlay\n" in f.read() else 1
-    if name in ("squash", "seccomp", "tmpfs-xattrs"):
+    if name == "squash":
+        from chjoin import image
+
+        return 0 if image.squashfs_supported(os.environ) else 1
+    if name in ("seccomp", "tmpfs-xattrs"):
         return 1
     raise Fatal(f"unknown feature: {name}")
 
@@ -185,9 +193,9 @@ def help_text(width=80):
     """--help: the usage line, what chjoin does, and the options as ch-run's argp lays them out."""
     import textwrap
 
-    about = ("Run CMD in an unprivileged container made from IMAGE: a directory, the name "
-             "of an image in the storage directory, or / (the host's own tree, in new "
-             "namespaces). With --join, the ranks of one launch on one node share one "
+    about = ("Run CMD in an unprivileged container made from IMAGE: a directory, a SquashFS "
+             "file, the name of an image in the storage directory, or / (the host's own tree, "
+             "in new namespaces). With --join, the ranks of one launch on one node share one "
              "container.")
     lines = [f"Usage: {USAGE}", "", *textwrap.wrap(about, width), ""]
     for name, short, kind, metavar, text in OPTIONS:
@@ -337,6 +345,23 @@ def find_image(image_ref, o, user_name, environ, log):
     return found
 
 
+def squash_mount_of(found, o, user_name, log):
+    """Where a SquashFS image is mounted (-m, made absolute; else ch-run's default), or None for
+    a directory image, for which -m is ignored with ch-run's warning."""
+    if not found.squashfs:
+        if o["mount"] is not None:
+            log.warning("--mount invalid with directory image, ignoring")
+        return None
+    from chjoin import image as imagemod
+
+    if o["write"]:
+        raise Fatal("--write invalid with SquashFS image: it is read-only (-W overlays a "
+                    "tmpfs on it)", EXIT_SQUASH)
+    if o["mount"] == "":
+        raise Fatal("--mount: empty directory name", EXIT_SQUASH)
+    return os.path.abspath(o["mount"] or imagemod.default_mount(user_name))
+
+
 def make_launch(image_ref, cmd, o, tokens, environ, clock):
     """Check every option as ch-run does and decide the whole launch; touches nothing, and
     prints ch-run's warnings (and, from -v, its notes) about what it decided."""
@@ -355,6 +380,7 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
     join = join_options(o, environ)
     clock.done("parse")
     found = find_image(image_ref, o, identity.user_name, environ, log)
+    squash_mount = squash_mount_of(found, o, identity.user_name, log)
     generate_passwd = not o["no-passwd"]
     if found.path == "/":       # the host's root as image
         if write_fake is not None:
@@ -371,6 +397,7 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
         log.warning("$PATH not set")
     clock.done("image")
     return Launch(image=found.path, image_ref=image_ref, command=tuple(cmd), identity=identity,
+                  squash_mount=squash_mount,
                   binds=binds, cd=o["cd"], write=bool(o["write"]), write_fake=write_fake,
                   home=home, private_tmp=bool(o["private-tmp"]),
                   host_tmp=environ.get("TMPDIR") or "/tmp",

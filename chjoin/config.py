@@ -27,10 +27,11 @@ class Identity(Value):
 
 
 class Launch(Value):
-    image: str                       # the host path of the image directory
+    image: str                       # the host path of the image directory, or SquashFS file
     image_ref: str                   # what the user typed, for messages
     command: tuple
     identity: Identity
+    squash_mount: str | None = None  # a SquashFS image: its mount point (-m); None: a directory
     binds: tuple = ()
     cd: str | None = None
     write: bool = False

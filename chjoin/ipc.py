@@ -35,7 +35,7 @@ from binascii import crc32
 import posix_ipc
 
 from chjoin import ns
-from chjoin.log import Fatal, checkpoint
+from chjoin.log import EXIT_ERROR, Fatal, checkpoint
 
 MAGIC = b"chjoin\0t"
 VERSION = 3
@@ -90,9 +90,16 @@ class Group:
         """The winner's (pid, start time): unique for as long as the machine runs."""
         return (self.slots[0][0], self.slots[0][2])
 
-    def fail(self, message):
+    def fail(self, message, code=EXIT_ERROR):
+        """The group can't serve: `message` for its waiting ranks, which exit with `code` (84
+        when the winner's SquashFS image failed, as the winner does)."""
         if self.state != FAILED:
-            self.state, self.error = FAILED, message[:_ERROR]
+            self.state, self.error = FAILED, f"{code}\0{message}"[:_ERROR]
+
+    def failure(self):
+        """(exit code, message) of a FAILED group."""
+        code, _, message = self.error.partition("\0")
+        return (int(code), message) if code.isdigit() and message else (EXIT_ERROR, self.error)
 
     def waiting(self, thorough):
         """Slots of ranks that arrived and are neither in nor out; with `thorough`, only the
@@ -453,10 +460,11 @@ class Member:
     def _set_slot(self, g, state):
         g.slots[self.slot][1] = state
 
-    def failed(self, message):
-        """The winner could not build the container: every waiting peer fails with `message`."""
+    def failed(self, message, code=EXIT_ERROR):
+        """The winner could not build the container: every waiting peer fails with `message`
+        and exit code `code`."""
         def change(groups, g):
-            g.fail(f"the winner (pid {os.getpid()}) failed: {message}")
+            g.fail(f"the winner (pid {os.getpid()}) failed: {message}", code)
             self._set_slot(g, GONE)
             self.objects.wake(len(g.waiting(thorough=False)))
             if review(g, time.monotonic()):
@@ -529,7 +537,8 @@ class Member:
                 return g
             if g.state == FAILED:
                 self.leave()
-                raise Fatal(f"join: group {self.tag}: {g.error}")
+                code, message = g.failure()
+                raise Fatal(f"join: group {self.tag}: {message}", code)
             now = time.monotonic()
             if now >= self.deadline:
                 self.leave()

@@ -34,14 +34,26 @@ def run(launch, clock, closed_stdio=()):
 
 
 def build(launch, log):
-    """Make the container: namespaces, filesystem, pivot; we end up inside it."""
+    """Make the container: namespaces, filesystem (a SquashFS image mounted first, by a daemon
+    that lives outside them), pivot; we end up inside it."""
     from chjoin import fs, ns
 
     ident = launch.identity
+    daemon = None
+    if launch.squash_mount is not None:
+        from chjoin import image
+
+        daemon = image.SquashDaemon(launch.image, launch.squash_mount, launch.environ)
+        log.clock.done("squashfs")
     ns.enter_outer(ident.host_uid, ident.host_gid)
     log.clock.done("namespaces")
     checkpoint("winner", "setup")
-    fs.apply(fs.plan(launch), launch.image, log)
+    root = launch.image
+    if daemon is not None:
+        root = daemon.mount()
+        log.info(f"squashfs: {launch.image} mounted at {root} by {image.SQUASHFUSE}")
+        log.clock.done("squashfs")
+    fs.apply(fs.plan(launch), root, log)
     log.clock.done("filesystem")
     ns.enter_inner(ident.uid, ident.gid)
     log.clock.done("namespaces")
@@ -81,7 +93,10 @@ def join(launch, log):
             clock.done("namespaces")
             member.publish(holder, ns.inodes())
         except BaseException as e:
-            member.failed(str(e) if isinstance(e, Fatal) else f"{type(e).__name__}: {e}")
+            if isinstance(e, Fatal):
+                member.failed(str(e), e.code)
+            else:
+                member.failed(f"{type(e).__name__}: {e}")
             raise
         clock.done("join")
         return

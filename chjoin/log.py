@@ -106,8 +106,8 @@ class Timings:
     stderr, or one JSON object appended to a file (opened at once, since the file is a host path
     and the report is written from inside the container)."""
 
-    PHASES = ("parse", "image", "discovery", "wait", "namespaces", "filesystem", "join",
-              "environment", "hold")
+    PHASES = ("parse", "image", "discovery", "wait", "squashfs", "namespaces", "filesystem",
+              "join", "environment", "hold")
 
     def __init__(self):
         self.started = self.last = time.perf_counter()

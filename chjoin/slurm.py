@@ -10,7 +10,8 @@ prolog: makes sure this node can start the job user's containers, else fails the
   Slurm does for any failing Prolog; a job fault (its image unreadable) cancels only the job and
   puts the reason in its AdminComment. A job asks for checks and staging in its comment:
       --comment=chjoin-image=PATH    PATH must be readable by the job's user
-      --comment=chjoin-stage=PATH    copy SquashFS file PATH to $CHJOIN_STAGE_DIR/JOBID/NAME
+      --comment=chjoin-stage=PATH    copy SquashFS file PATH to $CHJOIN_STAGE_DIR/JOBID/NAME,
+                                     if chjoin can run it (a sound superblock, the file whole)
 epilog: removes what chjoin left on this node for the ending job: holder processes of the
   job's uid started within the job, the IPC objects of the job's Slurm tags, records of that uid
   no live process uses any more, and the job's staging directory. Always exits 0.
@@ -22,7 +23,6 @@ import time
 
 from chjoin import ipc, ns
 
-SQUASHFS_MAGIC = b"hsqs"
 EXIT_NODE_FAULT = 1     # slurmd drains the node and requeues (holds) the job
 
 
@@ -170,11 +170,16 @@ def stage(job, path):
 
 
 def _copy_squashfs(path, dest):
+    """Copy `path` to `dest` if it is a SquashFS image chjoin can run (its superblock is sound
+    and the file whole); else the reason it isn't."""
     import shutil
+
+    from chjoin.image import squashfs_problem
     try:
         with open(path, "rb") as src:
-            if src.read(4) != SQUASHFS_MAGIC:
-                return f"can't stage {path}: not a SquashFS file"
+            problem = squashfs_problem(src.read(96), os.fstat(src.fileno()).st_size)
+            if problem:
+                return f"can't stage {path}: {problem}"
             src.seek(0)
             with open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)

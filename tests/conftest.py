@@ -191,6 +191,44 @@ def host_dir(as_user):
     shutil.rmtree(base, ignore_errors=True)
 
 
+BIG = 8 << 20        # the SquashFS image's /data/big: far more than read-ahead (128 KiB)
+
+
+def mksquashfs(directory, path):
+    subprocess.run(["mksquashfs", str(directory), str(path), "-noappend", "-quiet"],
+                   check=True, capture_output=True)
+    os.chmod(path, 0o644)
+    return path
+
+
+@pytest.fixture(scope="session")
+def squash_dir():
+    """A busybox SquashFS image (with an 8 MiB /data/big), a symlink to it, and bad files."""
+    if not shutil.which("mksquashfs"):
+        pytest.fail("mksquashfs is missing (ci/install installs squashfs-tools)")
+    base = world_readable_dir("chjoin-sqfs-")
+    tree = build_busybox_image(base / "tree")
+    (tree / "data").mkdir()
+    (tree / "data" / "big").write_bytes(os.urandom(BIG))
+    os.chmod(tree / "data", 0o755)
+    os.chmod(tree / "data" / "big", 0o644)
+    image = mksquashfs(tree, base / "img.sqfs")
+    (base / "link.sqfs").symlink_to(image)
+    data = image.read_bytes()
+    bad = {"garbage": b"hsqs" + os.urandom(1 << 16), "truncated": data[:len(data) // 2]}
+    superblock = bytearray(data)
+    superblock[48:56] = (len(data) + 4096).to_bytes(8, "little")  # id table: past the end
+    bad["corrupt"] = bytes(superblock)
+    root = bytearray(data)
+    root[64:72] = (len(data) - 4096).to_bytes(8, "little")   # inode table: not one
+    bad["no-root"] = bytes(root)
+    for name, content in bad.items():
+        (base / f"{name}.sqfs").write_bytes(content)
+        os.chmod(base / f"{name}.sqfs", 0o644)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
 RANKS = Path(__file__).parent / "ranks.py"
 
 

@@ -2,6 +2,7 @@
 PrologFlags=Alloc): what they check, stage, remove and report, in the real cluster."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -73,10 +74,11 @@ def test_prolog_cancels_a_job_whose_image_its_user_cannot_read(cluster, as_user,
 
 
 @pytest.fixture
-def squashfs_file():
-    base = world_readable_dir("chjoin-sqfs-")
+def squashfs_file(squash_dir):
+    """A copy of the session's SquashFS image, in a directory the test removes."""
+    base = world_readable_dir("chjoin-sqfs-stage-")
     path = base / "image.sqfs"
-    path.write_bytes(b"hsqs" + os.urandom(3 << 20))       # SquashFS magic, then anything
+    shutil.copy(squash_dir / "img.sqfs", path)
     path.chmod(0o644)
     yield path
     subprocess.run(["rm", "-rf", str(base)], check=True)
@@ -84,13 +86,15 @@ def squashfs_file():
 
 def test_prolog_stages_a_squashfs_image_on_the_node_and_epilog_removes_it(cluster, as_user,
                                                                           squashfs_file):
+    """The staged copy is what chjoin runs: the job runs its command in it."""
     script = (f'staged=/var/tmp/chjoin-stage/$SLURM_JOB_ID/{squashfs_file.name}\n'
-              f'cmp {squashfs_file} "$staged" && stat -c "%U %s" "$staged"\n')
+              f'cmp {squashfs_file} "$staged" && stat -c "%U %s" "$staged" && '
+              f'{as_user.chjoin} "$staged" -- cat /etc/image-file\n')
     job_id, out = sbatch(as_user, script, ["-N1", "-n1",
                                            f"--comment=chjoin-stage={squashfs_file}"])
     wait_job(job_id)
     cluster.idle()
-    assert out.read_text() == f"{as_user.name} {squashfs_file.stat().st_size}\n"
+    assert out.read_text() == f"{as_user.name} {squashfs_file.stat().st_size}\nfrom the image\n"
     lines = log_lines(job_id)
     assert any(f"staged {squashfs_file} to /var/tmp/chjoin-stage/{job_id}/" in line
                for line in lines), lines
@@ -98,6 +102,14 @@ def test_prolog_stages_a_squashfs_image_on_the_node_and_epilog_removes_it(cluste
     for node in cluster.nodes:
         assert not cluster.on_node(node, "sh", "-c", f"ls /var/tmp/chjoin-stage/{job_id} "
                                    "2>/dev/null || true")
+
+
+def test_prolog_refuses_to_stage_a_truncated_squashfs_image(cluster, as_user, squash_dir):
+    job_id, _out = sbatch(as_user, "true\n", ["-N1", "-n1", "--comment=chjoin-stage="
+                                               f"{squash_dir / 'truncated.sqfs'}"])
+    wait_job(job_id)
+    assert job_field(job_id, "JobState") == "CANCELLED"
+    assert "truncated: " in job_field(job_id, "AdminComment")
 
 
 def test_prolog_refuses_to_stage_what_is_not_squashfs(cluster, as_user, image):

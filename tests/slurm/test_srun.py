@@ -1,7 +1,10 @@
 """srun, sbatch and scancel with --join on a real Slurm cluster: one container per node and
 step, counts from Slurm's environment, and nothing left behind on any node."""
 
+import os
 import subprocess
+import threading
+import time
 
 from cluster import (cluster, log_lines, needs_nodes, processes_of, sbatch, submit,  # noqa: F401
                      wait_for, wait_job)
@@ -107,3 +110,64 @@ def test_scancel_while_holders_wait_leaves_nothing_on_any_node(cluster, as_user,
     wait_job(job_id)
     assert_nothing_left(cluster, as_user)
     assert not [line for line in log_lines(job_id) if "removed" in line or "killed" in line]
+
+def squashfs_daemons(cluster, image):
+    """{node: [pids]} of the live squashfuse_ll processes serving `image`: a daemon lives in its
+    node's own namespaces (those of the node's slurmd), outside the containers."""
+    nodes = {os.readlink(f"/proc/{pid}/ns/mnt"): node for node, pid in cluster.slurmd.items()}
+    found = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "squashfuse_ll":
+                    continue
+            with open(f"/proc/{entry}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] in ("Z", "X"):
+                    continue
+            fds = os.listdir(f"/proc/{entry}/fd")
+            if any(os.readlink(f"/proc/{entry}/fd/{fd}") == str(image) for fd in fds):
+                node = nodes.get(os.readlink(f"/proc/{entry}/ns/mnt"), "elsewhere")
+                found.setdefault(node, []).append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@needs_nodes(3)
+def test_squashfs_image_one_daemon_and_one_mount_per_node(cluster, as_user, squash_dir):
+    """srun -N3 -n7 --join on a SquashFS image: each node's ranks share one container on one
+    FUSE mount, served by one squashfuse_ll in that node's own namespaces; when the step ends,
+    no daemon is left anywhere."""
+    image = squash_dir / "img.sqfs"
+    show = ["--", "sh", "-c", 'echo "$(hostname) $(stat -c %d /) $(awk \'$5 == "/" '
+            '{ for (i = 7; i <= NF; i++) if ($i == "-") print $(i + 1) }\' /proc/self/mountinfo)'
+            '"; sleep 2']
+    result, most = {}, {}
+
+    def step():
+        result["done"] = submit(as_user, ["srun", "-N3", "-n7", "--exclusive", as_user.chjoin,
+                                          "--join", image, *show])
+    thread = threading.Thread(target=step)
+    thread.start()
+    while thread.is_alive():
+        for node, pids in squashfs_daemons(cluster, image).items():
+            most[node] = max(most.get(node, 0), len(pids))
+        time.sleep(0.05)
+    thread.join()
+    done = result["done"]
+    assert done.returncode == 0, done.stderr
+    seen = {}
+    for line in done.stdout.splitlines():
+        if not line.startswith("srun: "):
+            host, device, fstype = line.split()
+            assert fstype == "fuse.squashfuse_ll", line
+            seen.setdefault(host, []).append(device)
+    assert sorted((host, len(devices)) for host, devices in seen.items()) == \
+        [("c1", 3), ("c2", 2), ("c3", 2)]
+    assert all(len(set(devices)) == 1 for devices in seen.values()), seen
+    assert most == {"c1": 1, "c2": 1, "c3": 1}, most
+    deadline = time.monotonic() + 5
+    while squashfs_daemons(cluster, image) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert squashfs_daemons(cluster, image) == {}
+    assert_nothing_left(cluster, as_user)

@@ -32,3 +32,17 @@ def test_winner_and_peers_import_nothing_heavy(as_user, image, timings):
         modules = imported(rank.stderr)
         assert "chjoin.ipc" in modules
         assert modules & HEAVY == set()
+
+
+def test_squashfs_launches_import_nothing_heavy(as_user, squash_dir):
+    """The SquashFS builder forks and execs the daemon itself (no `subprocess`) and speaks to
+    it through `_socket` (no `socket`)."""
+    image = squash_dir / "img.sqfs"
+    result = as_user.run(image, "--", "true", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.returncode == 0, result.stderr
+    assert imported(result.stderr) & (HEAVY | {"socket"}) == set()
+    group = as_user.group(["--join-ct=3", "--join-tag=sqlight", image, "--", "true"],
+                          [{}] * 3, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert group.returncodes == [0] * 3, [r.stderr for r in group.ranks]
+    for rank in group.ranks:
+        assert imported(rank.stderr) & (HEAVY | {"socket"}) == set()
