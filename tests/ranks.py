@@ -60,6 +60,7 @@ def start(request, rank):
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
         process_group=0, preexec_fn=(lambda: [os.close(fd) for fd in close]) if close else None)
     result = {"pid": proc.pid}
+    pidfds[proc.pid] = os.pidfd_open(proc.pid)     # signals never reach a recycled pid
 
     def collect():
         try:
@@ -75,19 +76,41 @@ def start(request, rank):
     return result, thread
 
 
-def send(signal, target, results, holders_signalled):
-    """Send `signal` as one entry of the request's `signals` says; False if nothing got it."""
+def start_time(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def send(signum, target, results, holders_signalled):
+    """Send `signum` as one entry of the request's `signals` says. A rank is signalled through
+    its pidfd, its process group only while the rank lives (so a pid or group id that the
+    machine has since given to another process is never hit); holders are our children."""
+    import signal
+
     if target["rank"] == "holders":
         pids = [pid for pid in children() if comm(pid) == "chjoin-holder"]
         holders_signalled.extend(pids)
-    else:
-        pids = [results[target["rank"]]["pid"]]
-    for pid in pids:
-        try:
-            os.killpg(pid, signal) if target.get("group") else os.kill(pid, signal)
-        except ProcessLookupError:
-            pass
-    return bool(pids)
+        for pid in pids:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        return
+    pid = results[target["rank"]]["pid"]
+    try:
+        if target.get("group") and start_time(pid) is not None:
+            os.killpg(pid, signum)
+        else:
+            signal.pidfd_send_signal(pidfds[pid], signum)
+    except ProcessLookupError:
+        pass
+
+
+pidfds = {}
 
 
 def main():
@@ -97,7 +120,7 @@ def main():
     order = sorted(range(len(ranks)), key=lambda i: (not ranks[i].get("first"),
                                                      ranks[i].get("at", 0)))
     results, threads, killed, seen = [None] * len(order), [], [], {}
-    holders_signalled, killed_holders = [], []
+    holders_signalled, killed_holders, holders_seen = [], [], {}
     waiting_for_first = any(r.get("first") and "CHJOIN_TEST_STOP" in r.get("env", {})
                             for r in ranks)
     began = time.monotonic()
@@ -109,6 +132,9 @@ def main():
             entry = pending.pop(0)
             if entry["rank"] == "holders" or results[entry["rank"]] is not None:
                 send(entry["signal"], entry, results, holders_signalled)
+        for pid in children():
+            if pid not in holders_seen and comm(pid) == "chjoin-holder":
+                holders_seen[pid] = start_time(pid)
         for pid in children("T"):
             seen.setdefault(pid, now)
             if now - seen[pid] >= request.get("kill_delay", 0.3) and pid not in killed:
@@ -153,6 +179,14 @@ def main():
                     os.kill(child, 9)
                 request["linger"] = 1e9
             time.sleep(0.01)
+    # a holder we saw must be gone too, even one that is no longer our child
+    while [p for p, t in holders_seen.items() if t and start_time(p) == t]:
+        if time.monotonic() - ended > request["linger"]:
+            lingering += [p for p, t in holders_seen.items() if t and start_time(p) == t]
+            for pid in lingering:
+                os.kill(pid, 9)
+            break
+        time.sleep(0.01)
     json.dump({"ranks": results, "killed": killed, "lingering": lingering,
                "holders_signalled": holders_signalled, "killed_holders": killed_holders,
                "reaped_after": round(time.monotonic() - ended, 3)}, sys.stdout)

@@ -16,7 +16,7 @@ After every round, what a user would check:
 
 CHJOIN_SOAK_ROUNDS (default 24 per identity) and CHJOIN_SOAK_SEED (default: from the clock)
 set the run; a failure names its seed and round, and `CHJOIN_SOAK_SEED=S CHJOIN_SOAK_ONLY=R`
-replays that round alone. CHJOIN_SOAK_MAX sets the largest group (default 16; 48 for long runs).
+replays that round alone (`CHJOIN_SOAK_FIRST=R` starts a run there, with its neighbours). CHJOIN_SOAK_MAX sets the largest group (default 16; 48 for long runs).
 """
 
 import os
@@ -28,6 +28,7 @@ import time
 ROUNDS = int(os.environ.get("CHJOIN_SOAK_ROUNDS", "24"))
 SEED = int(os.environ.get("CHJOIN_SOAK_SEED", str(int(time.time()) % 100000)))
 ONLY = os.environ.get("CHJOIN_SOAK_ONLY")
+FIRST = int(os.environ.get("CHJOIN_SOAK_FIRST", "0"))
 LARGEST = int(os.environ.get("CHJOIN_SOAK_MAX", "16"))
 AT_ONCE = 3                 # rounds run side by side, each on its own tag
 POINTS = ["any:arrive", "any:locked", "winner:setup", "winner:publish", "peer:wait",
@@ -158,7 +159,7 @@ def clean_group(runner, image, tag):
 
 
 def test_soak(as_user, image):
-    rounds = [int(ONLY)] if ONLY else list(range(ROUNDS))
+    rounds = [int(ONLY)] if ONLY else list(range(FIRST, FIRST + ROUNDS))
     failures = []
     lock = threading.Lock()
 
