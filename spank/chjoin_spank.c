@@ -218,6 +218,30 @@ static int drain(int fd)
     return n > 0 || (n < 0 && errno == EINTR) ? 0 : -1;
 }
 
+/* The builder's argv. A Python script (the usual case) is run by its interpreter with -I -S:
+   the job's PYTHON* variables must not reach chjoin, and `site` (with the .pth hooks a venv may
+   hold) costs every step milliseconds; the builder finds its own site-packages. */
+static void builder_argv(char *argv[7], char *interpreter, size_t size)
+{
+    int n = 0, fd = open(builder, O_RDONLY | O_CLOEXEC);
+    ssize_t len = fd >= 0 ? read(fd, interpreter, size - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    interpreter[len > 0 ? len : 0] = 0;
+    interpreter[strcspn(interpreter, "\n")] = 0;
+    char *base = strrchr(interpreter, '/');
+    if (!strncmp(interpreter, "#!/", 3) && !strchr(interpreter, ' ') && base &&
+        !strncmp(base + 1, "python", 6)) {
+        argv[n++] = interpreter + 2;
+        argv[n++] = "-I";
+        argv[n++] = "-S";
+    }
+    argv[n++] = (char *)builder;
+    argv[n++] = image;
+    argv[n++] = chjoin_args ? chjoin_args : "";
+    argv[n] = NULL;
+}
+
 /* Run the builder and take the container it built: the namespace descriptors and the
    environment operations, or the failure (message and exit code). */
 static void build(spank_t sp)
@@ -226,7 +250,9 @@ static void build(spank_t sp)
     gid_t gid;
     char **env;
     int sv[2], out[2];
-    char *argv[] = {(char *)builder, image, chjoin_args ? chjoin_args : "", NULL};
+    char *argv[7], interpreter[256];
+
+    builder_argv(argv, interpreter, sizeof interpreter);
 
     if (spank_get_item(sp, S_JOB_UID, &uid) || spank_get_item(sp, S_JOB_GID, &gid) ||
         spank_get_item(sp, S_JOB_ENV, &env))
