@@ -35,11 +35,16 @@ def spawn_all(argvs, env):
     return wall, cpu, failed
 
 
-def clean_ch_run_leftovers():
-    """ch-run leaves its semaphore and shared memory behind when ranks fail."""
+def clean_ch_run_leftovers(slurmd_pids=()):
+    """ch-run leaves its semaphore and shared memory behind when ranks fail, and the next group
+    on the tag then fails too: our tags (`bench`), and under srun the step's number, in each
+    node's own /dev/shm (that of each slurmd's mount namespace)."""
     for name in os.listdir("/dev/shm"):
         if name.startswith(("ch-run_", "sem.ch-run_")) and "bench" in name:
             os.unlink(f"/dev/shm/{name}")
+    for pid in slurmd_pids:
+        subprocess.run(["nsenter", "-t", pid, "-m", "sh", "-c",
+                        "rm -f /dev/shm/ch-run_shm-[0-9]* /dev/shm/sem.ch-run_sem-[0-9]*"])
 
 
 def alternate(cases, reps, n=1):
@@ -144,10 +149,10 @@ class SlurmdCpu:
 
     def __init__(self):
         self.path = None
+        self.slurmd = pids = subprocess.run(["pgrep", "-x", "slurmd"], capture_output=True,
+                                            text=True).stdout.split()
         try:
             os.makedirs(CPUACCT, exist_ok=True)
-            pids = subprocess.run(["pgrep", "-x", "slurmd"], capture_output=True,
-                                  text=True).stdout.split()
             for pid in pids:
                 with open(f"{CPUACCT}/cgroup.procs", "w") as f:
                     f.write(pid)
@@ -199,7 +204,7 @@ def slurm_cases(tools, shape, reps, command):
             out[name]["cpu"].append((cpu.read() - before) / tasks)
             out[name]["failed"] += failed_tasks(done.stderr, tasks) if done.returncode else 0
             out[name]["runs"] += tasks
-            clean_ch_run_leftovers()
+            clean_ch_run_leftovers(cpu.slurmd)
     return out
 
 
@@ -356,26 +361,27 @@ def slurm_report(results):
     if not results.get("slurm"):
         return lines + ["Not measured: no Slurm cluster was up (`bench/run --slurm` starts one)."]
     ways = ["chjoin --join", "ch-run --join", "--chjoin-image"]
-    lines += ["Each cell: median wall overhead over the same `srun` without a container, then "
-              "CPU per task of everything slurmd ran (slurmstepd, builder, tasks; cgroup "
-              "cpuacct), then failed ranks. Ways alternate, rotating order. *plugin / ch-run*: "
-              "the plugin's overhead over ch-run's.", "",
+    lines += ["Plain srun: median wall, and CPU per task of everything slurmd ran (slurmstepd "
+              "and the tasks; cgroup cpuacct). Each other cell: median wall overhead over plain "
+              "srun, extra CPU per task (builder included), failed ranks. Ways alternate, "
+              "rotating order. *plugin / ch-run*: the plugin's wall overhead over ch-run's.", "",
               "| srun | plain srun | `chjoin --join` | `ch-run --join` | `--chjoin-image` | "
               "plugin / ch-run | plugin / chjoin |", "|---|---|---|---|---|---|---|"]
     for shape, r in results["slurm"].items():
         if "chjoin --join" not in r:        # an older run's format
             continue
         base = med_ms(r["no container"]["wall"])
+        base_cpu = med_ms(r["no container"]["cpu"])
         cells, over = [], {}
         for way in ways:
             if way not in r:
                 cells.append("n/a")
                 continue
             over[way] = med_ms(r[way]["wall"]) - base
-            cells.append(f"{over[way]:+.0f} ms, {med_ms(r[way]['cpu']):.1f} ms, "
+            cells.append(f"{over[way]:+.0f} ms, {med_ms(r[way]['cpu']) - base_cpu:+.1f} ms, "
                          f"{r[way]['failed']}/{r[way]['runs']} failed")
         plug = over.get("--chjoin-image")
-        lines.append(f"| `{shape}` | {base:.0f} ms | " + " | ".join(cells) + " | "
+        lines.append(f"| `{shape}` | {base:.0f} ms, {base_cpu:.1f} ms | " + " | ".join(cells) + " | "
                      + (f"**{ratio(plug, over['ch-run --join'])}** | "
                         f"{ratio(plug, over['chjoin --join'])} |" if plug is not None else
                         "n/a | n/a |"))
