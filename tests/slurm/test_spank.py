@@ -19,12 +19,17 @@ import pytest
 
 from cluster import cluster, needs_nodes, sbatch, submit, wait_for, wait_job  # noqa: F401
 from conftest import HOST_BINDS
-from test_mpi import OPEN_MPI, assert_allreduce, nodes_for, program  # noqa: F401
+from test_mpi import OPEN_MPI, assert_allreduce, program  # noqa: F401
 
 PLUGSTACK = Path("/etc/slurm/plugstack.conf.d/chjoin.conf")
 HOST_USER_NS = "user:[4026531837]"
 SHOW = ["sh", "-c", 'echo "$(hostname) $SLURM_STEP_ID $SLURM_PROCID '
         '$(readlink /proc/self/ns/user) $(readlink /proc/self/ns/mnt)"']
+# Each test that takes `layout` runs on one node (ci/test's single-node pass) and, marked
+# `nodes`, on three (its netns pass): (srun/salloc options, nodes).
+LAYOUTS = [pytest.param((["-N1", "-n4"], 1), id="one-node"),
+           pytest.param((["-N3", "-n7", "--exclusive"], 3), id="three-nodes",
+                        marks=pytest.mark.nodes(3))]
 SHOW_AND_WAIT = [*SHOW[:2], SHOW[2] + "; sleep 2"]   # steps that overlap: distinct namespaces
 
 # What each task reports, for the comparison with `srun chjoin --join` (busybox sh in the image).
@@ -78,8 +83,10 @@ def errors(stderr):
 
 
 def leftovers(uid, namespaces=()):
-    """What outlived a job: live processes of `uid` in a user namespace other than the host's,
-    builders, and descriptors anywhere that name one of `namespaces` ("user:[N]", "mnt:[N]")."""
+    """What outlived a job: live processes of `uid` started by Slurm (SLURM_JOB_ID in their
+    environment: other sessions on this machine run containers too) in a user namespace other
+    than the host's, builders, and descriptors anywhere that name one of `namespaces`
+    ("user:[N]", "mnt:[N]")."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -96,7 +103,7 @@ def leftovers(uid, namespaces=()):
         if "chjoin-spank-build" in argv:
             found.append(f"builder {entry}: {argv}")
         elif int(fields["Uid"].split()[0]) == uid and user_ns != HOST_USER_NS and \
-                "soak" not in argv and "bench-" not in argv:
+                started_by_slurm(entry):
             found.append(f"process {entry} in {user_ns}: {argv}")
         if namespaces:
             try:
@@ -111,6 +118,13 @@ def leftovers(uid, namespaces=()):
                 if target in namespaces:
                     found.append(f"fd {fd} of {entry} ({fields['Name'].strip()}): {target}")
     return found
+
+
+def started_by_slurm(pid):
+    try:
+        return b"\0SLURM_JOB_ID=" in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
 
 
 def assert_nothing_left(cluster, as_user, namespaces=()):
@@ -180,7 +194,9 @@ def reports(text):
     "--unset-env='SLURM_CPU*' --unset-env='!(PATH|HOME|A|B|FROM_IMAGE|SLURM_*|TMPDIR)'",
     "-u 0 -g 0 --home -t -b /etc:/opt --env-no-expand --set-env=C=$HOME",
 ], ids=["defaults", "environment", "ids-home-tmp"])
-def test_tasks_see_what_srun_chjoin_join_gives_them(cluster, spank, as_user, image, args):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_tasks_see_what_srun_chjoin_join_gives_them(cluster, spank, as_user, image, args,
+                                                    layout):
     """One job, two steps with the same options: the plugin's, then chjoin's. Each task reports
     its ids, cwd, no_new_privs, mounts and whole environment; task by task, they are equal,
     but for what differs between any two steps and TMPDIR (slurmstepd sets it on task 0 when
@@ -198,11 +214,14 @@ def test_tasks_see_what_srun_chjoin_join_gives_them(cluster, spank, as_user, ima
               f">{base}/chjoin 2>&1\n")
     (base / "job.sh").write_text("#!/bin/sh\n" + script)
     (base / "job.sh").chmod(0o755)
-    done = submit(as_user, ["salloc", "-N1", "-n4", "sh", str(base / "job.sh")])
+    options, _nodes = layout
+    done = submit(as_user, ["salloc", *options, "sh", str(base / "job.sh")])
     assert done.returncode == 0, done.stderr
     plugin = reports((base / "plugin").read_text())
     chjoin = reports((base / "chjoin").read_text())
-    assert sorted(plugin) == sorted(chjoin) == [0, 1, 2, 3], (base / "plugin").read_text()
+    tasks = list(range(int(options[1][2:])))
+    assert sorted(plugin) == tasks, (base / "plugin").read_text()
+    assert sorted(chjoin) == tasks, (base / "chjoin").read_text()
     for task in plugin:
         assert "env TMPDIR=/tmp" in plugin[task]
         assert [x for x in plugin[task] if x != "env TMPDIR=/tmp"] == chjoin[task]
@@ -222,11 +241,11 @@ def test_tasks_see_what_srun_chjoin_join_gives_them(cluster, spank, as_user, ima
     (None, "stray", 64, "--chjoin-args: not an option: stray"),
     (None, "--unset-env='!(A'", 31, "--unset-env: unbalanced parenthesis"),
 ], ids=["image", "join", "join-ct", "quote", "option", "bind", "stray", "glob"])
-def test_a_failed_build_fails_every_task_with_one_line(cluster, spank, as_user, image,
-                                                       image_ref, args, code, message):
-    nodes = len(cluster.nodes)
-    done = srun(as_user, image_ref or image, *SHOW, args=args,
-                options=[f"-N{nodes}", f"-n{2 * nodes}"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_failed_build_fails_every_task_with_one_line_per_node(
+        cluster, spank, as_user, image, image_ref, args, code, message, layout):
+    options, nodes = layout
+    done = srun(as_user, image_ref or image, *SHOW, args=args, options=options)
     assert done.returncode == code, done.stderr
     assert done.stdout == "", "a task ran"
     lines = errors(done.stderr)
@@ -301,8 +320,9 @@ def test_salloc_shell_stays_on_the_host(cluster, spank, as_user, image):
 
 # --- nothing left ----------------------------------------------------------------------------
 
-def test_scancel_during_the_tasks_leaves_nothing(cluster, spank, as_user, image):
-    nodes = len(cluster.nodes)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_scancel_during_the_tasks_leaves_nothing(cluster, spank, as_user, image, layout):
+    nodes = layout[1]
     job_id, out = sbatch(as_user, f"srun --chjoin-image={image} sh -c "
                                   "'readlink /proc/self/ns/user; readlink /proc/self/ns/mnt; "
                                   "sleep 60'\n", [f"-N{nodes}", "--ntasks-per-node=2"])
@@ -325,18 +345,22 @@ def test_scancel_during_the_build_leaves_nothing(cluster, spank, as_user, image)
     assert_nothing_left(cluster, as_user)
 
 
-def test_a_sigkilled_task_leaves_nothing(cluster, spank, as_user, image):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_sigkilled_task_leaves_nothing(cluster, spank, as_user, image, layout):
     done = srun(as_user, image, "sh", "-c",
                 'readlink /proc/self/ns/user; readlink /proc/self/ns/mnt; '
-                '[ "$SLURM_PROCID" = 0 ] && kill -9 $$; sleep 1', options=["-n3"])
+                '[ "$SLURM_PROCID" = 0 ] && kill -9 $$; sleep 1', options=layout[0])
     assert done.returncode == 137 or "Killed" in done.stderr, done.stderr
     assert_nothing_left(cluster, as_user, set(done.stdout.split()))
 
 
 # --- MPI --------------------------------------------------------------------------------------
 
-def test_srun_pmix_open_mpi_allreduce(cluster, spank, as_user, host_image, program):
-    layout_args, layout = nodes_for(cluster)
+@pytest.mark.parametrize("nodes", [pytest.param(1, id="one-node"),
+                                   pytest.param(3, id="three-nodes", marks=pytest.mark.nodes(3))])
+def test_srun_pmix_open_mpi_allreduce(cluster, spank, as_user, host_image, program, nodes):
+    layout_args, layout = (["-N3", "-n7", "--exclusive"], [3, 2, 2]) if nodes == 3 else \
+        (["-N1", "-n4"], [4])
     args = " ".join(HOST_BINDS)
     done = submit(as_user, ["srun", "--mpi=pmix", *layout_args, f"--chjoin-image={host_image}",
                             f"--chjoin-args={args}", sys.executable, str(program)],
