@@ -366,3 +366,10 @@ def test_srun_pmix_open_mpi_allreduce(cluster, spank, as_user, host_image, progr
                             f"--chjoin-args={args}", sys.executable, str(program)],
                   env=OPEN_MPI)
     assert_allreduce(done, sum(layout), layout)
+
+
+def test_quiet_hides_the_tasks_stdout_as_chjoin_does(cluster, spank, as_user, image):
+    done = srun(as_user, image, "sh", "-c", "echo out; echo err >&2", args="-q",
+                options=["-n2"])
+    assert done.returncode == 0, done.stderr
+    assert "out" not in done.stdout and done.stderr.count("err") == 2
