@@ -35,11 +35,16 @@ def spawn_all(argvs, env):
     return wall, cpu, failed
 
 
-def clean_ch_run_leftovers():
-    """ch-run leaves its semaphore and shared memory behind when ranks fail."""
+def clean_ch_run_leftovers(slurmd_pids=()):
+    """ch-run leaves its semaphore and shared memory behind when ranks fail, and the next group
+    on the tag then fails too: our tags (`bench`), and under srun the step's number, in each
+    node's own /dev/shm (that of each slurmd's mount namespace)."""
     for name in os.listdir("/dev/shm"):
         if name.startswith(("ch-run_", "sem.ch-run_")) and "bench" in name:
             os.unlink(f"/dev/shm/{name}")
+    for pid in slurmd_pids:
+        subprocess.run(["nsenter", "-t", pid, "-m", "sh", "-c",
+                        "rm -f /dev/shm/ch-run_shm-[0-9]* /dev/shm/sem.ch-run_sem-[0-9]*"])
 
 
 def alternate(cases, reps, n=1):
@@ -137,15 +142,133 @@ def nothing_resident(tools, n=8, seconds=3):
     return seen
 
 
-def slurm_cases(tools, shape, reps):
-    """srun with --join, both tools, and srun of the bare command as the baseline."""
+CPUACCT = "/sys/fs/cgroup/cpuacct/chjoin-bench"
+
+
+class SlurmdCpu:
+    """CPU time of everything slurmd runs (slurmstepd, the builder, the tasks), through a cgroup
+    v1 cpuacct group that every slurmd is moved into: its children inherit it. None where there
+    is no cpuacct hierarchy."""
+
+    def __init__(self):
+        self.path = None
+        self.slurmd = pids = subprocess.run(["pgrep", "-x", "slurmd"], capture_output=True,
+                                            text=True).stdout.split()
+        try:
+            os.makedirs(CPUACCT, exist_ok=True)
+            for pid in pids:
+                with open(f"{CPUACCT}/cgroup.procs", "w") as f:
+                    f.write(pid)
+            self.path = f"{CPUACCT}/cpuacct.usage"
+        except OSError:
+            pass
+
+    def read(self):
+        if self.path is None:
+            return 0.0
+        with open(self.path) as f:
+            return int(f.read()) / 1e9
+
+
+def slurm_tasks(shape):
+    """The number of tasks an srun shape starts (its -n)."""
+    for i, word in enumerate(shape):
+        if word.startswith("-n") and word != "-n":
+            return int(word[2:])
+        if word == "-n":
+            return int(shape[i + 1])
+    return 1
+
+
+def slurm_cases(tools, shape, reps, command):
+    """srun of `command` four ways, alternating: bare (the baseline), `chjoin --join`, `ch-run
+    --join`, and the SPANK plugin (`--chjoin-image`, when plugstack.conf names it). Wall time of
+    the srun, CPU per task of all that slurmd ran, failed ranks (from each task's exit status)."""
     srun = ["srun", *shape, "--quiet"]
     cases = {
-        "no container": lambda r: [*srun, "sleep", str(SLEEP)],
-        "chjoin": lambda r: [*srun, tools["chjoin"], "--join", IMAGE, "--", "sleep", str(SLEEP)],
-        "ch-run": lambda r: [*srun, tools["ch-run"], "--join", IMAGE, "--", "sleep", str(SLEEP)],
+        "no container": [*srun, *command],
+        "chjoin --join": [*srun, tools["chjoin"], "--join", IMAGE, "--", *command],
+        "ch-run --join": [*srun, tools["ch-run"], "--join", IMAGE, "--", *command],
     }
-    return alternate(cases, reps)
+    if os.path.exists("/etc/slurm/plugstack.conf.d/chjoin.conf"):
+        cases["--chjoin-image"] = [*srun, f"--chjoin-image={IMAGE}", *command]
+    tasks = slurm_tasks(shape)
+    cpu = SlurmdCpu()
+    out = {name: {"wall": [], "cpu": [], "failed": 0, "runs": 0} for name in cases}
+    for rep in range(reps):
+        for name, argv in (list(cases.items())[rep % len(cases):] +
+                           list(cases.items())[:rep % len(cases)]):
+            before = cpu.read()
+            started = time.perf_counter()
+            done = subprocess.run(argv, env=ENV, capture_output=True, text=True, cwd="/tmp")
+            wall = time.perf_counter() - started
+            time.sleep(0.3)                      # epilog and slurmstepd's exit
+            out[name]["wall"].append(wall)
+            out[name]["cpu"].append((cpu.read() - before) / tasks)
+            out[name]["failed"] += failed_tasks(done.stderr, tasks) if done.returncode else 0
+            out[name]["runs"] += tasks
+            clean_ch_run_leftovers(cpu.slurmd)
+    return out
+
+
+def failed_tasks(stderr, tasks):
+    """Failed tasks from srun's `tasks 0-3,5: Exited with exit code N` lines."""
+    failed = 0
+    for line in stderr.splitlines():
+        if "Exited with exit code" not in line and "Killed" not in line:
+            continue
+        spec = line.split("task", 1)[1].lstrip("s ").split(":")[0]
+        for part in spec.split(","):
+            lo, _, hi = part.partition("-")
+            try:
+                failed += int(hi or lo) - int(lo) + 1
+            except ValueError:
+                return tasks
+    return failed or tasks
+
+
+def builder_startup(tools, reps):
+    """The plugin's builder alone, as slurmstepd runs it (socket on fd 3, nothing else), next to
+    `python -c pass` and `chjoin IMG -- true`: wall and CPU."""
+    import socket
+
+    def builder():
+        ours, theirs = socket.socketpair()
+        actions = NULL_ACTIONS + [(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        argv = [tools["python"], "-I", "-S", tools["builder"], IMAGE, ""]   # as the plugin runs it
+        pid = os.posix_spawn(argv[0], argv, ENV, file_actions=actions)
+        theirs.close()
+        data = b""
+        while True:
+            chunk = ours.recv(65536)
+            data += chunk
+            head, _, body = data.partition(b"\n")
+            if not chunk or (head and len(body) >= int(head)):
+                break
+        ours.close()
+        status = os.waitpid(pid, 0)[1]
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, status
+
+    def spawned(argv):
+        return spawn_all([argv], ENV)[:2]
+
+    out = {name: {"wall": [], "cpu": []} for name in
+           ("builder", "python -c pass", "python -I -S -c pass", "chjoin IMG -- true")}
+    for _ in range(reps):
+        for name in out:
+            if name == "builder":
+                wall, cpu, _status = builder()
+            elif name == "chjoin IMG -- true":
+                wall, cpu = spawned([tools["chjoin"], IMAGE, "--", "true"])
+            else:
+                wall, cpu = spawned([tools["python"], *name.split()[1:]])
+            out[name]["wall"].append(wall)
+            out[name]["cpu"].append(cpu)
+    return out
 
 
 # --- MPI between two ranks of a node --------------------------------------------------------
@@ -540,6 +663,52 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if b > 0 else "n/a"
 
 
+def slurm_report(results):
+    """The srun tables: each way's wall overhead over plain srun, CPU per task (all that slurmd
+    ran, from cpuacct), failed ranks; and the builder's start-up."""
+    lines = ["", "## Under Slurm", ""]
+    if not results.get("slurm"):
+        return lines + ["Not measured: no Slurm cluster was up (`bench/run --slurm` starts one)."]
+    ways = ["chjoin --join", "ch-run --join", "--chjoin-image"]
+    lines += ["Plain srun: median wall, and CPU per task of everything slurmd ran (slurmstepd "
+              "and the tasks; cgroup cpuacct). Each other cell: median wall overhead over plain "
+              "srun, extra CPU per task (builder included), failed ranks. Ways alternate, "
+              "rotating order. *plugin / ch-run*: the plugin's wall overhead over ch-run's.", "",
+              "| srun | plain srun | `chjoin --join` | `ch-run --join` | `--chjoin-image` | "
+              "plugin / ch-run | plugin / chjoin |", "|---|---|---|---|---|---|---|"]
+    for shape, r in results["slurm"].items():
+        if "chjoin --join" not in r:        # an older run's format
+            continue
+        base = med_ms(r["no container"]["wall"])
+        base_cpu = med_ms(r["no container"]["cpu"])
+        cells, over = [], {}
+        for way in ways:
+            if way not in r:
+                cells.append("n/a")
+                continue
+            over[way] = med_ms(r[way]["wall"]) - base
+            cells.append(f"{over[way]:+.0f} ms, {med_ms(r[way]['cpu']) - base_cpu:+.1f} ms, "
+                         f"{r[way]['failed']}/{r[way]['runs']} failed")
+        plug = over.get("--chjoin-image")
+        lines.append(f"| `{shape}` | {base:.0f} ms, {base_cpu:.1f} ms | " + " | ".join(cells) + " | "
+                     + (f"**{ratio(plug, over['ch-run --join'])}** | "
+                        f"{ratio(plug, over['chjoin --join'])} |" if plug is not None else
+                        "n/a | n/a |"))
+    b = results.get("builder")
+    if b:
+        lines += ["", "The builder alone (`chjoin-spank-build IMG`, socket on fd 3, as slurmstepd "
+                  "runs it once per node per step), and a rank's start-up:", "",
+                  "| command | median wall | median CPU |", "|---|---|---|"]
+        for name, v in b.items():
+            lines.append(f"| `{name}` | {med_ms(v['wall']):.1f} ms | {med_ms(v['cpu']):.1f} ms |")
+        pass_ = med_ms(b["python -c pass"]["wall"])
+        lines += ["", f"builder / `python -c pass`: **{ratio(med_ms(b['builder']['wall']), pass_)}**"
+                  f" (target ≤ 1.5x); `chjoin IMG -- true` / `python -I -S -c pass`: **"
+                  f"{ratio(med_ms(b['chjoin IMG -- true']['wall']), med_ms(b['python -I -S -c pass']['wall']))}"
+                  "** (target ≤ 1.5x)."]
+    return lines
+
+
 def report(results, quick):
     m = results["machine"]
     lines = ["# Benchmarks: chjoin and ch-run side by side", "",
@@ -592,19 +761,7 @@ def report(results, quick):
                      f"**{r['chjoin']['failed']}/{r['chjoin']['runs']}** | "
                      f"{med_ms(r['ch-run']['wall']):.0f} ms | "
                      f"{r['ch-run']['failed']}/{r['ch-run']['runs']} |")
-    lines += ["", "## Under Slurm (`srun ... --join IMG -- sleep 0.5`)", ""]
-    if results["slurm"]:
-        lines += ["| srun | chjoin overhead | ch-run overhead | chjoin / ch-run | failed ranks: "
-                  "chjoin, ch-run |", "|---|---|---|---|---|"]
-        for shape, r in results["slurm"].items():
-            base = med_ms(r["no container"]["wall"])
-            a, b = med_ms(r["chjoin"]["wall"]) - base, med_ms(r["ch-run"]["wall"]) - base
-            lines.append(f"| `{shape}` | {a:.0f} ms | {b:.0f} ms | {ratio(a, b)} | "
-                         f"{r['chjoin']['failed']}/{r['chjoin']['runs']} runs, "
-                         f"{r['ch-run']['failed']}/{r['ch-run']['runs']} runs |")
-        lines += ["", "(failures count whole `srun` runs: a run fails if any rank fails)"]
-    else:
-        lines.append("Not measured: no Slurm cluster was up (`bench/run --slurm` starts one).")
+    lines += slurm_report(results)
     lines += mpi_report(results.get("mpi"))
     h, rest = results["holder"], results["resident"]
     lines += ["", "## What stays resident", "",
@@ -809,6 +966,7 @@ def main():
     ENV = {"PATH": "/usr/bin:/bin", "USER": os.environ.get("USER") or "root",
            "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
     tools = {"chjoin": f"{args.venv}/bin/chjoin", "python": f"{args.venv}/bin/python",
+             "builder": f"{args.venv}/bin/chjoin-spank-build",
              "ch-run": shutil.which("ch-run") or "/usr/bin/ch-run", "venv": args.venv}
     quick = args.quick
     sizes = [8, 32, 64]
@@ -843,8 +1001,13 @@ def main():
         if not args.no_mpi:
             results["mpi"] = mpi_cases(tools, quick, step)
     for shape in args.slurm:
-        step(f"srun {shape}")
-        results["slurm"][f"srun {shape}"] = slurm_cases(tools, shape.split(), 2 if quick else 5)
+        for command in (["true"], ["sleep", str(SLEEP)]):
+            step(f"srun {shape} {' '.join(command)}")
+            results["slurm"][f"srun {shape} {' '.join(command)}"] = slurm_cases(
+                tools, shape.split(), 3 if quick else 7, command)
+    if args.slurm and not args.only_slurm:
+        step("the builder's start-up")
+        results["builder"] = builder_startup(tools, 10 if quick else 30)
     if not args.only_slurm:
         results["load"].append(os.getloadavg()[0])
     os.makedirs(args.out, exist_ok=True)

@@ -1,0 +1,610 @@
+/* chjoin's SPANK plugin: `srun --chjoin-image=IMAGE [--chjoin-args="OPTIONS"] CMD`.
+
+   One container per node per step, no Python per task. slurmstepd runs chjoin's builder (Python)
+   once, in slurm_spank_user_init, before any task is forked: it builds the container exactly as
+   `chjoin IMAGE` does and, from inside it, sends the per-task environment operations on fd 3,
+   then "ready". We open its namespaces (inner user, mount, and the outer user namespace as the
+   inner one's parent) and let it exit: the three descriptors alone keep the container. Every
+   task inherits them at fork and enters, in slurm_spank_task_init, as the user, single-threaded:
+   setns x3, environment, chdir, no_new_privs, the command looked up in the container's PATH.
+   slurmstepd's copies are closed once the last task is forked; the container ends with its
+   last task.
+
+   Errors: the plugin is `optional` (an optional plugin's error codes are ignored, and a required
+   one's break every srun on the cluster), so it never returns one. A failed build keeps the
+   builder's message and exit code; local task 0 prints the message and every task exits with
+   that code, so no task ever runs on the host. See shared/SPANK.md and slurm/README.md.
+
+   Plugstack arguments: builder=PATH (chjoin-spank-build) timeout=SECONDS (default 60). */
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/nsfs.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <slurm/spank.h>
+
+SPANK_PLUGIN(chjoin, 1);
+
+#ifndef CHJOIN_BUILDER
+#define CHJOIN_BUILDER "/usr/local/bin/chjoin-spank-build"
+#endif
+#define MAX_NORMAL_STEP_ID 0xfffffff0u   /* slurm.h: batch, extern, interactive steps lie above */
+#define EXIT_ERROR 31
+#define EXIT_EXEC 49
+#define MAX_OUTPUT (64 * 1024)            /* what we keep of the builder's stdout and stderr */
+
+/* Options: the last value given wins (SPANK keeps one per option). */
+static char *image;          /* --chjoin-image; NULL, "" or "none": no container */
+static char *chjoin_args;    /* --chjoin-args: chjoin's container options, one string */
+
+/* Plugstack arguments. */
+static const char *builder = CHJOIN_BUILDER;
+static int timeout_s = 60;
+
+/* The step's container, from user_init on. */
+static int active;                              /* this step runs in a container */
+static int ns_fd[3] = {-1, -1, -1};             /* outer user, inner user, mount: entered in this order */
+static char *ops;                               /* the builder's environment operations */
+static size_t ops_len;
+static char *output;                            /* what the builder printed: shown by local task 0 */
+static size_t output_len;
+static int fail_code;                           /* nonzero: the build failed, tasks exit with it */
+static uint32_t forked;                         /* tasks forked so far */
+
+static int opt_image(int val, const char *optarg, int remote);
+static int opt_args(int val, const char *optarg, int remote);
+
+static struct spank_option options[] = {
+    {"chjoin-image", "IMAGE",
+     "run each task in chjoin's container of IMAGE (a directory or storage name), one "
+     "container per node; \"none\" runs on the host", 1, 0, opt_image},
+    {"chjoin-args", "\"OPTIONS\"",
+     "chjoin's container options for --chjoin-image, quoted as one word: -b SRC[:DST], -W, "
+     "-c DIR, --set-env, --unset-env, -u, -g, --home, -t, ...", 1, 0, opt_args},
+};
+
+static int set_option(char **where, const char *value)
+{
+    free(*where);
+    *where = strdup(value ? value : "");
+    return *where ? 0 : -1;
+}
+
+static int opt_image(int val, const char *optarg, int remote)
+{
+    return set_option(&image, optarg);
+}
+
+static int opt_args(int val, const char *optarg, int remote)
+{
+    return set_option(&chjoin_args, optarg);
+}
+
+/* Register both options in every context (a spank_options[] table would not reach sbatch and
+   salloc), and read the plugstack arguments. Never fails: see the errors note above. */
+int slurm_spank_init(spank_t sp, int ac, char **av)
+{
+    for (int i = 0; i < ac; i++) {
+        if (!strncmp(av[i], "builder=", 8))
+            builder = av[i] + 8;
+        else if (!strncmp(av[i], "timeout=", 8) && atoi(av[i] + 8) > 0)
+            timeout_s = atoi(av[i] + 8);
+        else
+            slurm_error("chjoin: unknown plugstack argument: %s", av[i]);
+    }
+    for (size_t i = 0; i < sizeof options / sizeof options[0]; i++)
+        if (spank_option_register(sp, &options[i]) != ESPANK_SUCCESS)
+            slurm_error("chjoin: can't register --%s", options[i].name);
+    return 0;
+}
+
+/* Append `len` bytes to the growing buffer *buf (at most `max` bytes are kept). */
+static void append(char **buf, size_t *buf_len, const char *data, size_t len, size_t max)
+{
+    if (*buf_len + len > max)
+        len = max - *buf_len;
+    char *grown = realloc(*buf, *buf_len + len + 1);
+    if (!grown)
+        return;
+    memcpy(grown + *buf_len, data, len);
+    *buf_len += len;
+    grown[*buf_len] = 0;
+    *buf = grown;
+}
+
+/* The build failed: keep `code` and one line in chjoin's form for the tasks to report. */
+static void fail(int code, pid_t pid, const char *fmt, ...)
+{
+    char line[1024];
+    int n = snprintf(line, sizeof line, "chjoin[%d]: error: ", (int)pid);
+    va_list ap;
+    va_start(ap, fmt);
+    n += vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
+    va_end(ap);
+    if (n > (int)sizeof line - 2)
+        n = sizeof line - 2;
+    line[n++] = '\n';
+    append(&output, &output_len, line, n, MAX_OUTPUT + sizeof line);
+    fail_code = code;
+}
+
+/* Whether the channel has brought all the operations: "LENGTH\n" then LENGTH bytes, which
+   end with the "R" record. On success, `ops` is left holding the records alone. */
+static int ops_complete(void)
+{
+    char *newline = ops ? memchr(ops, '\n', ops_len) : NULL;
+    if (!newline)
+        return 0;
+    size_t header = newline - ops + 1, length = strtoul(ops, NULL, 10);
+    if (ops_len < header + length)
+        return 0;
+    memmove(ops, ops + header, length);
+    ops_len = length;
+    return 1;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* In the forked child: become the job user for good, with a clean signal state, the channel on
+   fd 3 and `out` on stdout and stderr, then exec the builder. Async-signal-safe calls only:
+   slurmstepd is multi-threaded. */
+static void exec_builder(int channel, int out, uid_t uid, gid_t gid, char **argv, char **env)
+{
+    static const char msg[] = "chjoin: error: can't start the builder\n";
+    sigset_t none;
+    struct sigaction dfl = {.sa_handler = SIG_DFL};
+    int null = open("/dev/null", O_RDONLY);
+
+    if (null < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0 ||
+        dup2(channel, 3) < 0)
+        _exit(EXIT_ERROR);
+    close_range(4, ~0U, 0);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int sig = 1; sig < NSIG; sig++)
+        sigaction(sig, &dfl, NULL);
+    if (setresgid(gid, gid, gid) || setresuid(uid, uid, uid) ||
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0))
+        _exit(EXIT_ERROR);
+    execve(argv[0], argv, env);
+    write(2, msg, sizeof msg - 1);
+    _exit(EXIT_ERROR);
+}
+
+/* Wait for the builder to exit, killing it at `deadline`; returns its wait status. */
+static int reap(pid_t pid, double deadline)
+{
+    int status;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (now() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            return status;
+        }
+        usleep(2000);
+    }
+    return status;
+}
+
+/* Read what is ready on `fd` into the output buffer; -1 at end of file. */
+static int drain(int fd)
+{
+    char buf[4096];
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n > 0)
+        append(&output, &output_len, buf, n, MAX_OUTPUT);
+    return n > 0 || (n < 0 && errno == EINTR) ? 0 : -1;
+}
+
+/* The builder's argv. A Python script (the usual case) is run by its interpreter with -I -S:
+   the job's PYTHON* variables must not reach chjoin, and `site` (with the .pth hooks a venv may
+   hold) costs every step milliseconds; the builder finds its own site-packages. */
+static void builder_argv(char *argv[7], char *interpreter, size_t size)
+{
+    int n = 0, fd = open(builder, O_RDONLY | O_CLOEXEC);
+    ssize_t len = fd >= 0 ? read(fd, interpreter, size - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    interpreter[len > 0 ? len : 0] = 0;
+    interpreter[strcspn(interpreter, "\n")] = 0;
+    char *base = strrchr(interpreter, '/');
+    if (!strncmp(interpreter, "#!/", 3) && !strchr(interpreter, ' ') && base &&
+        !strncmp(base + 1, "python", 6)) {
+        argv[n++] = interpreter + 2;
+        argv[n++] = "-I";
+        argv[n++] = "-S";
+    }
+    argv[n++] = (char *)builder;
+    argv[n++] = image;
+    argv[n++] = chjoin_args ? chjoin_args : "";
+    argv[n] = NULL;
+}
+
+/* Run the builder and take the container it built: the namespace descriptors and the
+   environment operations, or the failure (message and exit code). */
+static void build(spank_t sp)
+{
+    uid_t uid;
+    gid_t gid;
+    char **env;
+    int sv[2], out[2];
+    char *argv[7], interpreter[256];
+
+    builder_argv(argv, interpreter, sizeof interpreter);
+
+    if (spank_get_item(sp, S_JOB_UID, &uid) || spank_get_item(sp, S_JOB_GID, &gid) ||
+        spank_get_item(sp, S_JOB_ENV, &env))
+        return fail(EXIT_ERROR, getpid(), "can't get the job's uid, gid and environment");
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+        return fail(EXIT_ERROR, getpid(), "can't make a socket pair: %s", strerror(errno));
+    if (pipe2(out, O_CLOEXEC)) {
+        close(sv[0]), close(sv[1]);
+        return fail(EXIT_ERROR, getpid(), "can't make a pipe: %s", strerror(errno));
+    }
+    double deadline = now() + timeout_s;
+    pid_t pid = fork();
+    if (pid == 0)
+        exec_builder(sv[1], out[1], uid, gid, argv, env);
+    close(sv[1]), close(out[1]);
+    if (pid < 0) {
+        close(sv[0]), close(out[0]);
+        return fail(EXIT_ERROR, getpid(), "can't fork the builder: %s", strerror(errno));
+    }
+
+    /* Until the "R" record (ready), EOF on the channel (failed) or the deadline. */
+    int ready = 0, channel_open = 1, out_open = 1;
+    while (!ready && channel_open) {
+        struct pollfd fds[2] = {{sv[0], POLLIN, 0}, {out[0], out_open ? POLLIN : 0, 0}};
+        int left = (int)((deadline - now()) * 1000);
+        if (left <= 0)
+            break;
+        if (poll(fds, 2, left) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (fds[1].revents && drain(out[0]) < 0)
+            out_open = 0;
+        if (fds[0].revents) {
+            char buf[4096];
+            ssize_t n = read(sv[0], buf, sizeof buf);
+            if (n > 0) {
+                append(&ops, &ops_len, buf, n, 1 << 24);
+                ready = ops_complete();
+            } else if (n == 0 || errno != EINTR) {
+                channel_open = 0;
+            }
+        }
+    }
+    if (ready) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/ns/user", (int)pid);
+        ns_fd[1] = open(path, O_RDONLY | O_CLOEXEC);
+        snprintf(path, sizeof path, "/proc/%d/ns/mnt", (int)pid);
+        ns_fd[2] = open(path, O_RDONLY | O_CLOEXEC);
+        if (ns_fd[1] >= 0)
+            ns_fd[0] = ioctl(ns_fd[1], NS_GET_PARENT);   /* a new descriptor, close-on-exec */
+    }
+    close(sv[0]);             /* the builder's cue to exit */
+    int status = reap(pid, ready || !channel_open ? deadline : 0);
+    while (out_open) {        /* what is left in the pipe; never wait for a writer's EOF */
+        struct pollfd fd = {out[0], POLLIN, 0};
+        if (poll(&fd, 1, 0) <= 0 || drain(out[0]) < 0)
+            out_open = 0;
+    }
+    close(out[0]);
+
+    if (!ready && channel_open)
+        fail(EXIT_ERROR, pid, "building the container took longer than timeout=%d s "
+             "(plugstack.conf)", timeout_s);
+    else if (!ready && WIFEXITED(status) && WEXITSTATUS(status))
+        fail_code = WEXITSTATUS(status);     /* its own error line is in `output` */
+    else if (!ready && WIFSIGNALED(status))
+        fail(EXIT_ERROR, pid, "the builder was killed by signal %d", WTERMSIG(status));
+    else if (!ready)
+        fail(EXIT_ERROR, pid, "the builder exited without building the container");
+    else if (ns_fd[0] < 0 || ns_fd[1] < 0 || ns_fd[2] < 0)
+        fail(EXIT_ERROR, pid, "can't open the container's namespaces: %s", strerror(errno));
+}
+
+static int wanted(void)
+{
+    return image && *image && strcmp(image, "none");
+}
+
+static void close_namespaces(void)
+{
+    for (int i = 0; i < 3; i++)
+        if (ns_fd[i] >= 0)
+            close(ns_fd[i]), ns_fd[i] = -1;
+}
+
+/* In slurmstepd, before any task is forked: build this node's container for a normal step
+   (a batch script, the extern step and an interactive step stay on the host). */
+int slurm_spank_user_init(spank_t sp, int ac, char **av)
+{
+    uint32_t step;
+    if (!spank_remote(sp) || !wanted())
+        return 0;
+    if (spank_get_item(sp, S_JOB_STEPID, &step) || step > MAX_NORMAL_STEP_ID)
+        return 0;
+    active = 1;
+    build(sp);
+    return 0;
+}
+
+/* slurmstepd's descriptors are no longer needed once every local task holds its own. */
+int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
+{
+    uint32_t tasks;
+    if (active && spank_get_item(sp, S_JOB_LOCAL_TASK_COUNT, &tasks) == ESPANK_SUCCESS &&
+        ++forked >= tasks)
+        close_namespaces();
+    return 0;
+}
+
+int slurm_spank_exit(spank_t sp, int ac, char **av)
+{
+    close_namespaces();
+    return 0;
+}
+
+/* --- in each task ------------------------------------------------------------------------ */
+
+/* Print `fmt` as chjoin's one error line and end the task with `code`. */
+static void die(int code, const char *fmt, ...)
+{
+    char line[1024];
+    int n = snprintf(line, sizeof line, "chjoin[%d]: error: ", (int)getpid());
+    va_list ap;
+    va_start(ap, fmt);
+    n += vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
+    va_end(ap);
+    if (n > (int)sizeof line - 2)
+        n = sizeof line - 2;
+    line[n++] = '\n';
+    write(2, line, n);
+    _exit(code);
+}
+
+/* The task's current value of `name`, copied (NULL if unset). */
+static char *task_getenv(spank_t sp, const char *name)
+{
+    char **env;
+    size_t len = strlen(name);
+    if (spank_get_item(sp, S_JOB_ENV, &env) != ESPANK_SUCCESS)
+        return NULL;
+    for (; env && *env; env++)
+        if (!strncmp(*env, name, len) && (*env)[len] == '=')
+            return strdup(*env + len + 1);
+    return NULL;
+}
+
+static void task_setenv(spank_t sp, const char *name, const char *value)
+{
+    if (spank_setenv(sp, name, value, 1) != ESPANK_SUCCESS)
+        die(EXIT_ERROR, "can't set %s", name);
+}
+
+/* chjoin's expansion: `$NAME` items of a colon-separated value are replaced by the variable's
+   value; items that expand to nothing are dropped; a lone `$` stays. */
+static char *expand(spank_t sp, const char *value)
+{
+    char *result = calloc(1, 1), *copy = strdup(value), *rest = copy;
+    size_t len = 0;
+    int first = 1;
+    if (!strchr(value, '$'))
+        return free(result), copy;
+    for (char *item; (item = strsep(&rest, ":"));) {
+        char *found = NULL;
+        if (item[0] == '$' && item[1]) {
+            found = task_getenv(sp, item + 1);
+            if (!found || !*found) {
+                free(found);
+                continue;
+            }
+            item = found;
+        }
+        if (!first)
+            append(&result, &len, ":", 1, SIZE_MAX / 2);
+        append(&result, &len, item, strlen(item), SIZE_MAX / 2);
+        first = 0;
+        free(found);
+    }
+    free(copy);
+    return result;
+}
+
+/* Unset every variable whose name matches extglob `pattern`. */
+static void unset_matching(spank_t sp, const char *pattern)
+{
+    char **env, *name;
+    size_t count = 0;
+    if (spank_get_item(sp, S_JOB_ENV, &env) != ESPANK_SUCCESS)
+        return;
+    while (env && env[count])
+        count++;
+    char **names = calloc(count + 1, sizeof *names);
+    for (size_t i = 0, k = 0; i < count; i++) {
+        name = strndup(env[i], strcspn(env[i], "="));
+        if (name && !fnmatch(pattern, name, FNM_EXTMATCH))
+            names[k++] = name;
+        else
+            free(name);
+    }
+    for (char **n = names; *n; n++) {
+        spank_unsetenv(sp, *n);
+        free(*n);
+    }
+    free(names);
+}
+
+/* chjoin's PATH rule: `:/bin` is appended unless PATH already has `/bin` (nothing if unset). */
+static void path_rule(spank_t sp)
+{
+    char *path = task_getenv(sp, "PATH");
+    if (!path)
+        return;
+    char *copy = strdup(path), *rest = copy, *item;
+    int has_bin = 0;
+    while ((item = strsep(&rest, ":")))
+        has_bin |= !strcmp(item, "/bin");
+    if (!has_bin) {
+        char *longer;
+        if (asprintf(&longer, "%s:/bin", path) > 0)
+            task_setenv(sp, "PATH", longer), free(longer);
+    }
+    free(copy), free(path);
+}
+
+/* Apply the builder's operations in order; returns the working directory (the "D" record).
+   Records are NUL-terminated fields: S NAME VALUE (set), X NAME VALUE (set, expanding `$`),
+   U GLOB (unset), P (the PATH rule), D DIR (working directory), Q LEVEL (-q), R (ready). */
+static const char *apply_ops(spank_t sp, int *quiet)
+{
+    const char *cwd = "/";
+    for (const char *p = ops; p < ops + ops_len;) {
+        const char *kind = p, *a = kind + strlen(kind) + 1, *b = a + strlen(a) + 1;
+        switch (kind[0]) {
+        case 'S':
+            task_setenv(sp, a, b);
+            p = b + strlen(b) + 1;
+            continue;
+        case 'X': {
+            char *value = expand(sp, b);
+            task_setenv(sp, a, value);
+            free(value);
+            p = b + strlen(b) + 1;
+            continue;
+        }
+        case 'U':
+            unset_matching(sp, a);
+            break;
+        case 'P':
+            path_rule(sp);
+            p = a;
+            continue;
+        case 'D':
+            cwd = a;
+            break;
+        case 'Q':
+            *quiet = atoi(a);
+            break;
+        case 'R':
+            return cwd;
+        default:
+            die(EXIT_ERROR, "unknown operation from the builder: %s", kind);
+        }
+        p = a + strlen(a) + 1;
+    }
+    return cwd;
+}
+
+/* Whether `path` is a file we may execute; sets errno when not. */
+static int executable(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st))
+        return 0;
+    if (S_ISDIR(st.st_mode))
+        return errno = EACCES, 0;
+    return !access(path, X_OK);
+}
+
+/* execvp's search, done before slurmstepd's: a command the container lacks fails as chjoin's
+   does (exit 49), not as a missing file on the host. EACCES wins over ENOENT, as in execvp. */
+static void check_command(spank_t sp)
+{
+    int argc;
+    char **argv;
+    if (spank_get_item(sp, S_JOB_ARGV, &argc, &argv) != ESPANK_SUCCESS || argc < 1)
+        return;
+    const char *cmd = argv[0];
+    if (strchr(cmd, '/')) {
+        if (!executable(cmd))
+            die(EXIT_EXEC, "can't exec: %s: %s", cmd, strerror(errno));
+        return;
+    }
+    char *path = task_getenv(sp, "PATH");
+    char *rest = path ? path : strdup("/bin:/usr/bin"), *all = rest, *dir;
+    int err = ENOENT;
+    while ((dir = strsep(&rest, ":"))) {
+        char *full;
+        if (asprintf(&full, "%s/%s", *dir ? dir : ".", cmd) < 0)
+            continue;
+        int ok = executable(full);
+        free(full);
+        if (ok)
+            return free(all);
+        if (errno == EACCES)
+            err = EACCES;
+    }
+    free(all);
+    die(EXIT_EXEC, "can't exec: %s: %s", cmd, strerror(err));
+}
+
+/* In each task, as the user, before TaskProlog and exec: enter the container, or fail as the
+   build failed. The outer user namespace first: there we hold every capability over the inner
+   one, whose mount namespace we enter last (see slurm/README.md for why this order). */
+int slurm_spank_task_init(spank_t sp, int ac, char **av)
+{
+    static const int types[3] = {CLONE_NEWUSER, CLONE_NEWUSER, CLONE_NEWNS};
+    static const char *names[3] = {"outer user", "inner user", "mount"};
+    int task = -1, quiet = 0;
+
+    if (!active)
+        return 0;
+    spank_get_item(sp, S_TASK_ID, &task);
+    if (fail_code) {
+        close_namespaces();
+        if (task == 0)
+            write(2, output, output_len);
+        _exit(fail_code);
+    }
+    for (int i = 0; i < 3; i++)
+        if (setns(ns_fd[i], types[i]))
+            die(EXIT_ERROR, "can't enter the container: setns(%s namespace): %s", names[i],
+                strerror(errno));
+    close_namespaces();
+    if (task == 0 && output_len)
+        write(2, output, output_len);       /* the builder's warnings, once per node */
+    const char *cwd = apply_ops(sp, &quiet);
+    char *tmpdir = task_getenv(sp, "TMPDIR");
+    if (!tmpdir)
+        task_setenv(sp, "TMPDIR", "/tmp");  /* slurmstepd sets it on task 0 only: say it for all */
+    free(tmpdir);
+    if (chdir(cwd))
+        die(EXIT_ERROR, "can't cd to %s: %s", cwd, strerror(errno));
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+        die(EXIT_ERROR, "can't set no_new_privs: %s", strerror(errno));
+    check_command(sp);
+    for (int fd = 1; fd <= 2; fd++)
+        if (quiet <= (fd == 1 ? -1 : -3)) {
+            int null = open("/dev/null", O_WRONLY);
+            if (null >= 0)
+                dup2(null, fd), close(null);
+        }
+    return 0;
+}
