@@ -373,3 +373,29 @@ def test_quiet_hides_the_tasks_stdout_as_chjoin_does(cluster, spank, as_user, im
                 options=["-n2"])
     assert done.returncode == 0, done.stderr
     assert "out" not in done.stdout and done.stderr.count("err") == 2
+
+
+@needs_nodes(3)
+def test_a_squashfs_image_through_the_plugin_one_daemon_per_node(cluster, spank, as_user,
+                                                                  squash_dir):
+    """srun -N3 -n7 --chjoin-image=IMG.sqfs: each node's builder mounts the image once (one
+    squashfuse_ll outside the container); every task's / is that FUSE mount; once the step has
+    ended no daemon is left on any node: it ends with the container's last task."""
+    from test_srun import squashfs_daemons
+
+    image = squash_dir / "img.sqfs"
+    show = ["sh", "-c", 'echo "$(hostname) $(stat -c %d /) $(readlink /proc/self/ns/mnt) '
+            '$(grep -c " / / .* - fuse.squashfuse_ll " /proc/self/mountinfo)"']
+    done = srun(as_user, image, *show, options=["-N3", "-n7", "--exclusive"])
+    assert done.returncode == 0, done.stderr
+    seen = {}
+    for line in done.stdout.splitlines():
+        host, device, mnt, fuse_root = line.split()
+        assert fuse_root == "1", line
+        seen.setdefault(host, set()).add((device, mnt))
+    assert {host: len(c) for host, c in seen.items()} == {"c1": 1, "c2": 1, "c3": 1}, seen
+    deadline = time.monotonic() + 5
+    while squashfs_daemons(cluster, image) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert squashfs_daemons(cluster, image) == {}
+    assert_nothing_left(cluster, as_user)
