@@ -20,7 +20,7 @@ import sys
 
 from chjoin import cli
 from chjoin import env as envmod
-from chjoin.log import EXIT_USAGE, Fatal, Log, Timings, error, warnings_reprint
+from chjoin.log import EXIT_USAGE, Fatal, Log, Timings, error
 
 CHANNEL = 3
 PLACEHOLDER = ("--", "true")     # make_launch wants a command; the tasks bring their own
@@ -141,13 +141,5 @@ def main(argv=None):
     except cli.Usage as e:
         error(str(e))
         sys.exit(EXIT_USAGE)
-    except Fatal as e:
-        clock.report(failed=True)
-        error(str(e))
-        warnings_reprint()
-        sys.exit(e.code)
-    except OSError as e:
-        clock.report(failed=True)
-        error(f"{e.strerror or e}{': ' + e.filename if e.filename else ''}")
-        warnings_reprint()
-        sys.exit(31)
+    except (Fatal, OSError) as e:
+        cli.exit_failed(e, clock)

@@ -14,8 +14,8 @@ import sys
 from chjoin import __version__
 from chjoin import env as envmod
 from chjoin.config import WRITE_FAKE_DEFAULT_SIZE, BindSpec, Identity, Launch
-from chjoin.log import (EXIT_SQUASH, EXIT_USAGE, Fatal, Log, Timings, error, flush_stdio,
-                        warnings_reprint)
+from chjoin.log import (EXIT_ERROR, EXIT_SQUASH, EXIT_USAGE, Fatal, Log, Timings, error,
+                        flush_stdio, warnings_reprint)
 from chjoin.peers import parse_int
 
 IMAGE_ENV = "\0image"   # the value of a bare --set-env: the image's /ch/environment
@@ -421,17 +421,21 @@ def main(argv=None):
         from chjoin.launch import run
 
         run(launch, clock, closed_stdio)
-    except Fatal as e:
-        clock.report(failed=True)
+    except (Fatal, OSError) as e:
+        exit_failed(e, clock)
+
+
+def exit_failed(e, clock):
+    """End a failed launch as ch-run does: its timings, one error line (a `Fatal`'s message, or
+    an unexpected `OSError`'s), the warnings printed so far again, and the exit code."""
+    clock.report(failed=True)
+    if isinstance(e, Fatal):
         error(str(e))
-        warnings_reprint()
-        flush_stdio()
-        sys.exit(e.code)
-    except OSError as e:
-        clock.report(failed=True)
+    else:
         error(f"{e.strerror or e}{': ' + e.filename if e.filename else ''}")
-        warnings_reprint()
-        sys.exit(31)
+    warnings_reprint()
+    flush_stdio()
+    sys.exit(e.code if isinstance(e, Fatal) else EXIT_ERROR)
 
 
 def open_closed_stdio():
