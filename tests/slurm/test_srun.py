@@ -99,9 +99,10 @@ def test_two_jobs_of_one_user_never_share_a_container(cluster, as_user, image):
 
 
 def test_scancel_while_holders_wait_leaves_nothing_on_any_node(cluster, as_user, image):
-    """Every node's two ranks run while their holder waits for a third rank that never comes;
-    scancel's SIGTERM reaches the holder too, which ends its group and removes the names: the
-    epilog finds nothing to do."""
+    """Every node's two ranks run while their holder waits for a third rank that never comes,
+    and the job is cancelled. The holder is reparented away from slurmstepd, so this cluster's
+    proctrack/linuxproc does not signal it: the epilog kills it and removes its group's names,
+    and says so. Nothing is left on any node."""
     nodes = len(cluster.nodes)
     job_id, _out = sbatch(as_user, f"srun {as_user.chjoin} --join-ct=3 --join-timeout=120 "
                                    f"{image} -- sleep 60\n", [f"-N{nodes}", "--ntasks-per-node=2"])
@@ -109,7 +110,12 @@ def test_scancel_while_holders_wait_leaves_nothing_on_any_node(cluster, as_user,
     subprocess.run(["scancel", job_id], check=True)
     wait_job(job_id)
     assert_nothing_left(cluster, as_user)
-    assert not [line for line in log_lines(job_id) if "removed" in line or "killed" in line]
+    lines = log_lines(job_id)
+    for node in cluster.nodes:
+        assert any(f"job {job_id} on {node}: removed /dev/shm/chjoin-{as_user.uid}-slurm."
+                   in line or f"job {job_id} on {node}: nothing left" in line
+                   for line in lines), lines
+
 
 def squashfs_daemons(cluster, image):
     """{node: [pids]} of the live squashfuse_ll processes serving `image`: a daemon lives in its
