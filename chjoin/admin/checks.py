@@ -153,10 +153,10 @@ def kernel_calls():
     problem = in_child(_kernel_calls)
     tried = "pidfd_open(self); open_tree(/proc, OPEN_TREE_CLONE) in a user namespace"
     if problem:
-        return Result("kernel: pidfd, open_tree/move_mount", FAIL, f"{tried}: {problem}",
+        return Result("kernel calls (pidfd, open_tree/move_mount)", FAIL, f"{tried}: {problem}",
                       f"chjoin needs Linux >= 5.3 (pidfd) and >= 5.2 (new mount API); this is "
                       f"{os.uname().release}")
-    return Result("kernel: pidfd, open_tree/move_mount", OK, f"{tried}: both work "
+    return Result("kernel calls (pidfd, open_tree/move_mount)", OK, f"{tried}: both work "
                   f"(Linux {os.uname().release})")
 
 
