@@ -622,7 +622,7 @@ def sweep(name, force=False, dry_run=False):
                         if g.holder[0] and ns.alive(*g.holder):
                             done.append(("holder", g.holder[0]))
                             if not dry_run:
-                                ns.dismiss(*g.holder)
+                                ns.dismiss(*g.holder, wake=True)
                 if groups and not dry_run:
                     store(buf, groups)
         if not groups:

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -171,6 +170,34 @@ def test_gc_never_touches_a_group_being_formed(as_user, image):
     assert all(r["holders"] == [] for r in reports)
     # it may remove the names of a group just ended (nothing uses them), never before
     assert sum(bool(r["removed"]) for r in reports) <= 1
+
+
+def test_gc_dismisses_the_holder_of_a_group_that_is_over(as_user, image):
+    """The holder is stopped (SIGSTOP), so it can't end its group at the deadline: the group
+    is over (its peer never came; 1 s + grace passed), yet a live process holds it. gc ends it
+    as a rank would: the holder goes, then the names."""
+    tag = own_tag(as_user, "over")
+    done = subprocess.run([as_user.chjoin, "--join-ct=2", f"--join-tag={tag}",
+                           "--join-timeout=1", str(image), "--", "true"],
+                          env=as_user.env({"CHJOIN_TEST_STOP": "holder:ready"}), cwd="/",
+                          capture_output=True, text=True, timeout=30,
+                          **as_user.identity_kwargs())
+    assert done.returncode == 0, done.stderr
+    [record] = wait_for(lambda: [r for r in ps(as_user, "--tag", tag)
+                                 if r["groups"] and r["groups"][0]["holder_alive"]], 10,
+                        "the stopped holder")
+    holder = record["groups"][0]["holder"]
+    assert not record["stale"]
+    time.sleep(3.5)           # past the deadline and its grace
+    gc = ctl(as_user, "gc", "--tag", tag)
+    assert gc.returncode == 0, gc.stderr
+    assert gc.stdout.splitlines() == [f"dismiss holder pid {holder}",
+                                      f"remove {record['path']}",
+                                      f"remove /dev/shm/sem.{record['path'][9:]}"]
+    wait_for(lambda: not os.path.exists(f"/proc/{holder}") or
+             open(f"/proc/{holder}/stat").read().rpartition(")")[2].split()[0] == "Z", 10,
+             "the holder to exit")
+    assert ps(as_user, "--tag", tag) == []
 
 
 def test_gc_with_nothing_to_remove_says_so(as_user):
