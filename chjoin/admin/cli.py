@@ -107,9 +107,9 @@ def spank_check(plugstack, as_json):
               help="Install PREFIX/lib/slurm/chjoin_spank.so.")
 @click.option("--plugstack-dir", default="/etc/slurm/plugstack.conf.d", show_default=True,
               help="Write the plugstack line to DIR/chjoin.conf.")
-@click.option("--builder", default=os.path.join(os.path.dirname(sys.argv[0]) or ".",
+@click.option("--builder", default=os.path.join(os.path.dirname(sys.executable),
                                                 "chjoin-spank-build"),
-              show_default="chjoin-spank-build beside chjoinctl",
+              show_default="chjoin-spank-build beside chjoin's Python",
               help="The builder the plugin runs (plugstack builder=).")
 @click.option("--source", type=click.Path(exists=True, file_okay=False),
               help="The plugin's sources (default: those installed with chjoin).")
