@@ -353,3 +353,34 @@ def test_every_command_has_help(chjoin, command):
         pytest.skip("system tests run as root")
     done = ctl(Runner(chjoin, "root"), *command, "--help")
     assert done.returncode == 0 and done.stdout.startswith("Usage: chjoinctl"), done.stderr
+
+
+# --- prolog, epilog -----------------------------------------------------------------------
+
+def test_epilog_removes_a_killed_jobs_record_through_the_gc_code(chjoin, image):
+    """`chjoinctl epilog`, as slurmd would run it, for a job of a uid of its own (4242, so that
+    no other record on this machine is the job's): the job's group was SIGKILLed whole."""
+    from conftest import Runner
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    uid, job = 4242, f"{os.getpid()}"
+    tag = f"slurm.{job}.0"
+    proc = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                             chjoin, "--join-ct=2", f"--join-tag={tag}", str(image), "--",
+                             "sleep", "60"], env=Runner(chjoin, "root").env(), cwd="/",
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    root = Runner(chjoin, "root")
+    wait_for(lambda: [g for r in ps(root, "--uid", uid, "--tag", tag) for g in r["groups"]
+                      if g["processes"]], 30, "the job's group")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    env = {"SLURM_JOB_ID": job, "SLURM_JOB_UID": str(uid), "SLURMD_NODENAME": "n1",
+           "CHJOIN_STAGE_DIR": "/nonexistent"}
+    done = ctl(root, "epilog", env=env)
+    name = f"/dev/shm/chjoin-{uid}-{tag}"
+    assert (done.returncode, done.stdout.splitlines()) == (0, [
+        f"chjoin epilog: job {job} on n1: removed {name}",
+        f"chjoin epilog: job {job} on n1: removed /dev/shm/sem.{name[9:]}"])
+    again = ctl(root, "epilog", env=env)
+    assert again.stdout == f"chjoin epilog: job {job} on n1: nothing left behind\n"
