@@ -588,3 +588,79 @@ class Member:
             return self._update(change, time.monotonic() + 1) is not None and not over
         except LockTimeout:
             return True
+
+
+# --- cleanup from outside a group: chjoinctl gc and the Slurm epilog ----------------------------
+
+def sweep(name, force=False, dry_run=False):
+    """Clean record `/dev/shm/<name>` (any user's, for root) as an arriving rank would: under
+    its lock, never waited for (whoever holds it is alive and busy), end the groups that are
+    over (dismissing their holders), and unlink the record and its semaphore once no group is
+    left. `force` unlinks them whatever the groups (the epilog, for a job's own tags). A rank
+    that merely created the name starts over when it finds it unlinked under its lock.
+    Returns [(what, detail)]: ("holder", pid) dismissed, ("removed", path); None if locked."""
+    path = f"/dev/shm/{name}"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        if not os.fstat(fd).st_nlink:
+            return []
+        done, groups = [], []
+        if os.fstat(fd).st_size >= SIZE:
+            with mmap.mmap(fd, SIZE) as buf:
+                groups = load(buf) or []
+                now = time.monotonic()
+                for g in list(groups):
+                    if force or review(g, now, thorough=True):
+                        groups.remove(g)
+                        if g.holder[0] and ns.alive(*g.holder):
+                            done.append(("holder", g.holder[0]))
+                            if not dry_run:
+                                ns.dismiss(*g.holder, wake=True)
+                if groups and not dry_run:
+                    store(buf, groups)
+        if not groups:
+            done += [("removed", p) for p in unlink_names(name, dry_run=dry_run)]
+        return done
+    finally:
+        os.close(fd)
+
+
+def unlink_names(name, record=True, dry_run=False):
+    """Unlink `/dev/shm/<name>` (with `record`) and its semaphore; the paths that existed."""
+    removed = []
+    for path in ([f"/dev/shm/{name}"] if record else []) + [f"/dev/shm/sem.{name}"]:
+        try:
+            if dry_run:
+                os.lstat(path)
+            else:
+                os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def sweep_all(prefix, force_prefix=None, dry_run=False, exact=False):
+    """`sweep` every record whose name starts with `prefix` ("chjoin-" for all users,
+    "chjoin-UID-" for one; with `exact`, the one named `prefix`), forcing those that start with
+    `force_prefix`; then unlink semaphores of those whose record is gone. [(what, detail)]."""
+    def chosen(name):
+        return name == prefix if exact else name.startswith(prefix)
+
+    done = []
+    for name in sorted(os.listdir("/dev/shm")):
+        if chosen(name):
+            force = bool(force_prefix) and name.startswith(force_prefix)
+            done += sweep(name, force, dry_run) or []
+    for name in sorted(os.listdir("/dev/shm")):
+        if name.startswith("sem.") and chosen(name[4:]) and \
+                not os.path.exists(f"/dev/shm/{name[4:]}"):
+            done += [("removed", p) for p in unlink_names(name[4:], False, dry_run)]
+    return done

@@ -67,8 +67,9 @@ def inodes():
     return (os.stat("/proc/self/ns/user").st_ino, os.stat("/proc/self/ns/mnt").st_ino)
 
 
-def dismiss(pid, start):
-    """SIGTERM process `pid` if it is still the one that started at `start`."""
+def dismiss(pid, start, wake=False):
+    """SIGTERM process `pid` if it is still the one that started at `start`; with `wake`, then
+    SIGCONT, so that a stopped one acts on it (chjoinctl gc)."""
     try:
         fd = libc.pidfd_open(pid)
     except OSError:
@@ -76,6 +77,8 @@ def dismiss(pid, start):
     try:
         if alive(pid, start):
             libc.pidfd_send_signal(fd, 15)
+            if wake:
+                libc.pidfd_send_signal(fd, 18)
     except OSError:
         pass
     finally:

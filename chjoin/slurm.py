@@ -193,7 +193,8 @@ def _copy_squashfs(path, dest):
 def epilog(job):
     """Remove what chjoin left for `job` on this node, reporting each thing; returns 0."""
     removed = [f"killed holder pid {pid}" for pid in kill_holders(job)]
-    removed += [f"removed {path}" for path in remove_ipc(job)]
+    removed += [f"removed {path}" if path.startswith("/") else f"dismissed {path}"
+                for path in remove_ipc(job)]
     stage_dir = os.path.join(job.stage_dir, job.id)
     if os.path.isdir(stage_dir):
         import shutil
@@ -228,52 +229,10 @@ def kill_holders(job):
 
 def remove_ipc(job):
     """Unlink the job's records and semaphores: those of its Slurm tags, and any of its uid
-    whose record no live process uses; returns the paths removed."""
-    import fcntl
-    mine = f"chjoin-{job.uid}-"
-    of_job = f"{mine}slurm.{job.id}."
-    removed = []
-    for name in sorted(os.listdir("/dev/shm")):
-        if not name.startswith(mine):
-            continue
-        path = f"/dev/shm/{name}"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            # A rank that holds the lock is alive and busy; if it merely created the name, it
-            # starts over when it finds the name unlinked under its lock.
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if name.startswith(of_job) or not _in_use(fd):
-                removed += _unlink(name)
-        except BlockingIOError:
-            pass
-        finally:
-            os.close(fd)
-    for name in os.listdir("/dev/shm"):
-        if name.startswith(f"sem.{mine}") and not os.path.exists(f"/dev/shm/{name[4:]}"):
-            removed += _unlink(name[4:], record=False)
-    return removed
-
-
-def _in_use(fd):
-    import mmap
-    if os.fstat(fd).st_size < ipc.SIZE:
-        return False
-    with mmap.mmap(fd, ipc.SIZE) as buf:
-        return ipc.in_use(buf)
-
-
-def _unlink(name, record=True):
-    removed = []
-    for path in ([f"/dev/shm/{name}"] if record else []) + [f"/dev/shm/sem.{name}"]:
-        try:
-            os.unlink(path)
-            removed.append(path)
-        except FileNotFoundError:
-            pass
-    return removed
+    that no live process uses (`ipc.sweep_all`, as `chjoinctl gc` does); returns what was
+    removed: paths, and "holder pid N" for holders of groups that were over."""
+    done = ipc.sweep_all(f"chjoin-{job.uid}-", force_prefix=f"chjoin-{job.uid}-slurm.{job.id}.")
+    return [detail if what == "removed" else f"holder pid {detail}" for what, detail in done]
 
 
 def _pids():

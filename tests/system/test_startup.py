@@ -9,6 +9,7 @@ import pytest
 # inspect, re, enum via signal, hashlib via OpenSSL, json via re, warnings via os.execvpe).
 HEAVY = {"click", "dataclasses", "inspect", "re", "enum", "hashlib", "json", "typing",
          "warnings", "signal", "subprocess", "pathlib"}
+HEAVY |= {"chjoin.admin", "chjoin.slurm"}   # the admin tool (chjoinctl) is never on a rank's path
 
 
 def imported(stderr):

@@ -1,0 +1,159 @@
+"""What `chjoinctl ps` shows: the rendezvous records in /dev/shm, their groups, and the
+processes inside each group's container (found by namespace inode)."""
+
+import mmap
+import os
+import time
+
+from chjoin import ipc, ns
+
+STATES = {ipc.SETUP: "SETUP", ipc.READY: "READY", ipc.FAILED: "FAILED"}
+SLOT_STATES = {ipc.WAITING: "waiting", ipc.INSIDE: "inside", ipc.GONE: "gone"}
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def record_names(uid=None, tag=None):
+    """Names in /dev/shm of chjoin records: of `uid` (None: every user's), of `tag` only."""
+    names = []
+    for name in sorted(os.listdir("/dev/shm")):
+        parts = name.split("-", 2)
+        if len(parts) != 3 or parts[0] != "chjoin" or not parts[1].isdigit():
+            continue
+        if uid is not None and int(parts[1]) != uid:
+            continue
+        if tag is not None and f"/{name}" != ipc.object_name(int(parts[1]), tag):
+            continue
+        names.append(name)
+    return names
+
+
+def read_record(path):
+    """The groups of the record at `path`, read without its lock (a torn copy is re-read); []
+    for an empty one, None when unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size < ipc.SIZE:
+            return []
+        with mmap.mmap(fd, ipc.SIZE, prot=mmap.PROT_READ) as buf:
+            for _ in range(50):
+                groups = ipc.load(buf)
+                if groups is not None:
+                    return groups
+                time.sleep(0.002)
+            return []
+    finally:
+        os.close(fd)
+
+
+def uptime_ticks():
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0]) * TICKS
+
+
+def namespace_members():
+    """{(user ns inode, mount ns inode): [pid]} of every process we may look at."""
+    members = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            key = (os.stat(f"/proc/{entry}/ns/user").st_ino,
+                   os.stat(f"/proc/{entry}/ns/mnt").st_ino)
+        except OSError:
+            continue
+        members.setdefault(key, []).append(int(entry))
+    return members
+
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def describe(g, members, now_ticks):
+    """One group as plain values (what --json prints, and the text is made of)."""
+    terms = dict(t.partition("\0")[::2] for t in g.terms)
+    live = [s for s in g.slots if s[1] != ipc.GONE and ns.alive(s[0], s[2])]
+    holder_alive = bool(g.holder[0]) and ns.alive(*g.holder)
+    inside = sorted(members.get(tuple(g.inodes), [])) if g.inodes[0] else []
+    return {
+        "state": STATES.get(g.state, str(g.state)),
+        "expected": g.expected,
+        "arrived": len(g.slots),
+        "waiting": sum(s[1] == ipc.WAITING for s in g.slots),
+        "inside": sum(s[1] == ipc.INSIDE for s in g.slots),
+        "age": round(max(0.0, (now_ticks - g.slots[0][2]) / TICKS), 1) if g.slots else None,
+        "winner": g.slots[0][0] if g.slots else None,
+        "holder": g.holder[0] or None,
+        "holder_alive": holder_alive,
+        "image": terms.get("image", ""),
+        "terms": terms,
+        "error": g.failure()[1] if g.state == ipc.FAILED else "",
+        "slots": [{"pid": s[0], "state": SLOT_STATES.get(s[1], str(s[1])),
+                   "alive": ns.alive(s[0], s[2])} for s in g.slots],
+        "processes": [{"pid": pid, "comm": comm(pid)} for pid in inside],
+        "stale": not (live or holder_alive or inside),
+    }
+
+
+def survey(uid=None, tag=None):
+    """[record]: each record of `uid` (None: all) as plain values, its groups described."""
+    members = namespace_members()
+    now_ticks = uptime_ticks()
+    records = []
+    for name in record_names(uid, tag):
+        path = f"/dev/shm/{name}"
+        groups = read_record(path)
+        try:
+            owner = os.stat(path).st_uid
+        except OSError:
+            continue
+        described = [describe(g, members, now_ticks) for g in groups or []]
+        records.append({
+            "path": path, "uid": owner, "tag": name.split("-", 2)[2],
+            "semaphore": os.path.exists(f"/dev/shm/sem.{name}"),
+            "readable": groups is not None,
+            "stale": groups is not None and all(g["stale"] for g in described),
+            "groups": described,
+        })
+    return records
+
+
+def text(records):
+    """The table `chjoinctl ps` prints."""
+    if not records:
+        return "no chjoin groups on this node"
+    lines = [f"{'TAG':<24} {'UID':>6} {'STATE':<8} {'RANKS':>7} {'AGE':>8} {'HOLDER':>8}  IMAGE"]
+    for r in records:
+        if not r["readable"]:
+            lines.append(f"{r['tag']:<24} {r['uid']:>6} (not readable by this user)")
+            continue
+        if not r["groups"]:
+            lines.append(f"{r['tag']:<24} {r['uid']:>6} {'EMPTY':<8}  (stale record)")
+        for g in r["groups"]:
+            state = g["state"] + (" (stale)" if g["stale"] else "")
+            age = f"{g['age']:.1f}s" if g["age"] is not None else "-"
+            holder = str(g["holder"] or "-") + ("" if g["holder_alive"] or not g["holder"]
+                                              else "(dead)")
+            lines.append(f"{r['tag']:<24} {r['uid']:>6} {state:<8} "
+                         f"{g['arrived']:>3}/{g['expected']:<3} {age:>8} {holder:>8}  "
+                         f"{g['image']}")
+            for state in ("waiting", "inside", "gone"):
+                for alive in (True, False):
+                    pids = [str(s["pid"]) for s in g["slots"]
+                            if s["state"] == state and s["alive"] == alive]
+                    if pids:
+                        lines.append(f"    ranks {state}{'' if alive else ' (exited)'}: "
+                                     f"{' '.join(pids)}")
+            if g["processes"]:
+                lines.append("    in container: " + " ".join(f"{p['pid']} ({p['comm']})"
+                                                          for p in g["processes"]))
+            if g["error"]:
+                lines.append(f"    failed: {g['error']}")
+    return "\n".join(lines)
