@@ -49,6 +49,7 @@ SPANK_PLUGIN(chjoin, 1);
 #define EXIT_ERROR 31
 #define EXIT_EXEC 49
 #define MAX_OUTPUT (64 * 1024)            /* what we keep of the builder's stdout and stderr */
+#define ERROR_LINE 1024                    /* one `chjoin[PID]: error: ...` line, at most */
 
 /* Options: the last value given wins (SPANK keeps one per option). */
 static char *image;          /* --chjoin-image; NULL, "" or "none": no container */
@@ -129,18 +130,26 @@ static void append(char **buf, size_t *buf_len, const char *data, size_t len, si
     *buf = grown;
 }
 
+/* Format chjoin's one error line, `chjoin[PID]: error: ...\n`, into `line` (1024 bytes, cut
+ * to fit); returns its length. */
+static int error_line(char *line, pid_t pid, const char *fmt, va_list ap)
+{
+    int n = snprintf(line, ERROR_LINE, "chjoin[%d]: error: ", (int)pid);
+    n += vsnprintf(line + n, ERROR_LINE - n - 1, fmt, ap);
+    if (n > ERROR_LINE - 2)
+        n = ERROR_LINE - 2;
+    line[n++] = '\n';
+    return n;
+}
+
 /* The build failed: keep `code` and one line in chjoin's form for the tasks to report. */
 static void fail(int code, pid_t pid, const char *fmt, ...)
 {
-    char line[1024];
-    int n = snprintf(line, sizeof line, "chjoin[%d]: error: ", (int)pid);
+    char line[ERROR_LINE];
     va_list ap;
     va_start(ap, fmt);
-    n += vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
+    int n = error_line(line, pid, fmt, ap);
     va_end(ap);
-    if (n > (int)sizeof line - 2)
-        n = sizeof line - 2;
-    line[n++] = '\n';
     append(&output, &output_len, line, n, MAX_OUTPUT + sizeof line);
     fail_code = code;
 }
@@ -376,15 +385,11 @@ int slurm_spank_exit(spank_t sp, int ac, char **av)
 /* Print `fmt` as chjoin's one error line and end the task with `code`. */
 static void die(int code, const char *fmt, ...)
 {
-    char line[1024];
-    int n = snprintf(line, sizeof line, "chjoin[%d]: error: ", (int)getpid());
+    char line[ERROR_LINE];
     va_list ap;
     va_start(ap, fmt);
-    n += vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
+    int n = error_line(line, getpid(), fmt, ap);
     va_end(ap);
-    if (n > (int)sizeof line - 2)
-        n = sizeof line - 2;
-    line[n++] = '\n';
     write(2, line, n);
     _exit(code);
 }
