@@ -76,8 +76,9 @@ def test_ps_shows_a_live_group_with_ranks_waiting_and_inside(as_user, image):
     thread.start()
     try:
         records = wait_for(lambda: [r for r in ps(as_user, "--tag", tag)
-                                    if r["groups"] and r["groups"][0]["waiting"] == 2], 20,
-                           "two waiting ranks")
+                                    if r["groups"] and r["groups"][0]["waiting"] == 2
+                                    and r["groups"][0]["arrived"] == 4], 20,
+                           "two waiting ranks of four")
         text = ctl(as_user, "ps", "--tag", tag).stdout
     finally:
         thread.join()
