@@ -249,3 +249,13 @@ class Group:
     @property
     def returncodes(self):
         return [r.returncode for r in self.ranks]
+
+
+def winner_of(rank):
+    """The pid of the winner of the group a --join rank ran in, from its -v lines (its own pid
+    when it won, or was a group of one); None if it says neither."""
+    import re
+
+    won = re.search(r"chjoin\[(\d+)\]: info: join: (won|a group of one)", rank.stderr)
+    joined = re.search(r"joined the container of winner pid (\d+)", rank.stderr)
+    return int((won or joined).group(1)) if won or joined else None

@@ -25,6 +25,8 @@ import re
 import threading
 import time
 
+from conftest import winner_of
+
 ROUNDS = int(os.environ.get("CHJOIN_SOAK_ROUNDS", "24"))
 SEED = int(os.environ.get("CHJOIN_SOAK_SEED", str(int(time.time()) % 100000)))
 ONLY = os.environ.get("CHJOIN_SOAK_ONLY")
@@ -98,12 +100,6 @@ def describe(runner, tag):
         f"{g.holder} alive {ns.alive(*g.holder)} slots "
         f"{[(pid, state, start, ns.alive(pid, start)) for pid, state, start in g.slots]} "
         f"{g.error!r}" for g in groups or []) if groups is not None else "unreadable"
-
-
-def winner_of(rank):
-    won = re.search(r"chjoin\[(\d+)\]: info: join: (won|a group of one)", rank.stderr)
-    joined = re.search(r"joined the container of winner pid (\d+)", rank.stderr)
-    return int((won or joined).group(1)) if won or joined else None
 
 
 def check_round(runner, s, group):

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from conftest import build_busybox_image, world_readable_dir
+from conftest import build_busybox_image, winner_of, world_readable_dir
 
 # Each rank prints the container it is in (user and mount namespace), and its uid.
 SHOW = ["--", "sh", "-c", "echo $(readlink /proc/self/ns/user) $(readlink /proc/self/ns/mnt)"]
@@ -228,13 +228,6 @@ def test_killed_peer_while_joining_leaves_the_others_running(as_user, image):
     assert_next_group_works(as_user, image, ["--join-tag=k4"])
 
 
-def group_of(rank):
-    """The winner pid of the group a rank ran in, from its -v lines."""
-    won = re.search(r"chjoin\[(\d+)\]: info: join: won", rank.stderr)
-    joined = re.search(r"joined the container of winner pid (\d+)", rank.stderr)
-    return int((won or joined).group(1))
-
-
 @pytest.mark.parametrize("point", ["holder:start", "holder:ready"])
 def test_killed_holder_does_not_strand_the_peers(as_user, image, point):
     """Without its holder, peers enter through a rank still inside (and fork a new holder); if
@@ -246,7 +239,7 @@ def test_killed_holder_does_not_strand_the_peers(as_user, image, point):
     assert group.returncodes == [0] * 4, [r.stderr for r in group.ranks]
     by_group = {}
     for r in group.ranks:
-        by_group.setdefault(group_of(r), set()).add(r.stdout)
+        by_group.setdefault(winner_of(r), set()).add(r.stdout)
     assert all(len(shown) == 1 for shown in by_group.values()), by_group
     assert group.lingering == []
     assert_next_group_works(as_user, image, ["--join-tag=k5"])
@@ -303,8 +296,8 @@ def test_too_many_ranks_never_split_the_first_group(as_user, image):
     assert group.returncodes == [0] * 5
     sizes = {}
     for r in group.ranks:
-        sizes.setdefault(group_of(r), set()).add(r.stdout)
-    assert sorted(len([r for r in group.ranks if group_of(r) == w]) for w in sizes) == [1, 4]
+        sizes.setdefault(winner_of(r), set()).add(r.stdout)
+    assert sorted(len([r for r in group.ranks if winner_of(r) == w]) for w in sizes) == [1, 4]
     assert all(len(shown) == 1 for shown in sizes.values())
     assert_clean(as_user, group)
 
