@@ -1,4 +1,5 @@
-"""Messages in ch-run's form, `chjoin[PID]: level: message`, the exit codes that go with them, and
+"""Messages in ch-run's form, `chjoin[PID]: message` (`warning: ` or `error: ` before the message for
+those levels, nothing for information and debugging), the exit codes that go with them, and
 the per-phase timings of `--timings`.
 
 Verbosity is a plain integer carried by the caller: -1..-3 for -q, 0 by default, 1..3 for -v.
@@ -36,8 +37,10 @@ _warnings_printed = []    # this process's warning lines, for warnings_reprint()
 
 
 def emit(level, message):
-    """Write one message line on stderr; never raises, even with stderr closed."""
-    line = f"chjoin[{os.getpid()}]: {level}: {message}\n"
+    """Write one message line on stderr; never raises, even with stderr closed. As in ch-run, only
+    warnings and errors name their level."""
+    prefix = f"{level}: " if level in ("warning", "error") else ""
+    line = f"chjoin[{os.getpid()}]: {prefix}{message}\n"
     if level == "warning":
         _warnings_printed.append(line)
     try:

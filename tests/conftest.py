@@ -256,6 +256,6 @@ def winner_of(rank):
     when it won, or was a group of one); None if it says neither."""
     import re
 
-    won = re.search(r"chjoin\[(\d+)\]: info: join: (won|a group of one)", rank.stderr)
+    won = re.search(r"chjoin\[(\d+)\]: join: (won|a group of one)", rank.stderr)
     joined = re.search(r"joined the container of winner pid (\d+)", rank.stderr)
     return int((won or joined).group(1)) if won or joined else None
