@@ -21,6 +21,7 @@ BUSYBOX = "/bin/busybox"
 # starts them), never in the serial session.
 collect_ignore = [] if "--with-mpi" in sys.argv else ["mpi"]
 TEST_USER = os.environ.get("CHJOIN_TEST_USER", "chjoin-test")
+ATTACKER_USER = os.environ.get("CHJOIN_ATTACKER_USER", "chjoin-attacker")  # tests/security
 
 
 def chjoin_path():
@@ -104,7 +105,8 @@ def host_image():
 
 
 class Runner:
-    """Runs chjoin as one identity: root, or the unprivileged test user."""
+    """Runs chjoin as one identity: "root", the unprivileged test "user", or the "attacker", a
+    second unprivileged user (tests/security: a hostile neighbour of the test user)."""
 
     def __init__(self, chjoin, who):
         self.chjoin = chjoin
@@ -113,7 +115,7 @@ class Runner:
             self.uid = self.gid = 0
             self.name, self.home = "root", "/root"
         else:
-            entry = pwd.getpwnam(TEST_USER)
+            entry = pwd.getpwnam(ATTACKER_USER if who == "attacker" else TEST_USER)
             self.uid, self.gid = entry.pw_uid, entry.pw_gid
             self.name, self.home = entry.pw_name, entry.pw_dir
 
