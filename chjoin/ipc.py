@@ -3,7 +3,8 @@
 Two objects per user and tag, both created 0600 and owner-checked: a shared-memory record
 `/dev/shm/chjoin-<uid>-<tag>` and a semaphore `/dev/shm/sem.chjoin-<uid>-<tag>`.
 
-The record is a small table of the tag's *groups* (at most `MAX_GROUPS` at once). A group is one
+The record (its layout and bounded parse: `chjoin.record`) holds the tag and a small table of
+the tag's *groups* (at most `MAX_GROUPS` at once). A group is one
 container: its winner (the first slot, and the group's identity), its expected size, its
 deadline, its holder and namespace inodes once built, and one slot per rank that arrived.
 
@@ -28,40 +29,19 @@ import _signal as signal    # `signal` is this plus enums, whose import costs ev
 import fcntl
 import mmap
 import os
-import struct
 import time
-from binascii import crc32
 
 import posix_ipc
 
-from chjoin import ns
+from chjoin import ns, record
 from chjoin.log import EXIT_ERROR, Fatal, checkpoint
+from chjoin.record import (FAILED, GONE, INSIDE, MAX_GROUPS, READY, SETUP, SIZE, WAITING, Group,
+                           stored_terms)
 
-MAGIC = b"chjoin\0t"
-VERSION = 3
-MAX_PEERS = 4096
-MAX_GROUPS = 16
 TICK = 0.1            # seconds between re-reads of the record while waiting, and holder checks
 GRACE = 2.0           # seconds past its deadline that a holder waits for ranks still joining
 _NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGHUP: "SIGHUP"}
 _DEFERRED = set(_NAMES)   # leave the group when received; held off while the lock is held
-
-SETUP, READY, FAILED = 1, 2, 3      # a group's states
-WAITING, INSIDE, GONE = 1, 2, 3     # a slot's states
-
-# The object: the index of the current copy, then two copies. A copy: head, then its groups,
-# each a fixed part, its terms ("label\0text", long ones shortened by a digest), its error, and
-# its slots (pid, state, start time), the winner's first.
-_CURRENT = struct.Struct("<Q")
-_HEAD = struct.Struct("<8sIIII")            # magic crc version length groups
-_GROUP = struct.Struct("<IIiqIQQQ")         # state expected slots deadline_ns holder start user mnt
-_TERM = struct.Struct("<256s")
-_TERMS = 4
-_ERROR = 512
-_SLOT = struct.Struct("<IIQ")
-_FIXED = _GROUP.size + _TERMS * _TERM.size + _ERROR
-COPY = _HEAD.size + MAX_GROUPS * _FIXED + 4 * MAX_PEERS * _SLOT.size
-SIZE = _CURRENT.size + 2 * COPY
 
 
 def object_name(uid, tag):
@@ -72,107 +52,6 @@ def object_name(uid, tag):
         import hashlib
         safe = f"{safe[:40]}~{hashlib.sha256(tag.encode()).hexdigest()[:16]}"
     return f"/chjoin-{uid}-{safe}"
-
-
-class Group:
-    """One container of a tag, as plain values."""
-
-    def __init__(self, expected=0, deadline=0.0, terms=(), slots=()):
-        self.state, self.expected, self.deadline = SETUP, expected, deadline
-        self.holder = (0, 0)          # pid, start time
-        self.inodes = (0, 0)          # user and mount namespace
-        self.terms = list(terms)      # ["label\0text"], as `stored_terms` makes them
-        self.error = ""
-        self.slots = [list(s) for s in slots]     # [[pid, state, start]], the winner first
-
-    @property
-    def id(self):
-        """The winner's (pid, start time): unique for as long as the machine runs."""
-        return (self.slots[0][0], self.slots[0][2])
-
-    def fail(self, message, code=EXIT_ERROR):
-        """The group can't serve: `message` for its waiting ranks, which exit with `code` (84
-        when the winner's SquashFS image failed, as the winner does)."""
-        if self.state != FAILED:
-            self.state, self.error = FAILED, f"{code}\0{message}"[:_ERROR]
-
-    def failure(self):
-        """(exit code, message) of a FAILED group."""
-        code, _, message = self.error.partition("\0")
-        return (int(code), message) if code.isdigit() and message else (EXIT_ERROR, self.error)
-
-    def waiting(self, thorough):
-        """Slots of ranks that arrived and are neither in nor out; with `thorough`, only the
-        live ones (a dead rank's slot says WAITING forever)."""
-        return [s for s in self.slots
-                if s[1] == WAITING and (not thorough or ns.alive(s[0], s[2]))]
-
-
-def load(buf):
-    """The groups of the current copy in `buf`, or None when it is empty, foreign, or torn (a
-    copy overwritten while we read it without the lock)."""
-    at = _CURRENT.size + (_CURRENT.unpack_from(buf)[0] & 1) * COPY
-    length = _HEAD.unpack_from(buf, at)[3]
-    buf = buf[at:at + min(max(length, _HEAD.size), COPY)]    # one snapshot, checked and parsed
-    magic, crc, version, length, count = _HEAD.unpack_from(buf)
-    if magic != MAGIC or version != VERSION or length != len(buf) or count > MAX_GROUPS:
-        return None
-    if crc32(buf[12:]) != crc:
-        return None
-    groups = []
-    pos = _HEAD.size
-    for _ in range(count):
-        state, expected, nslots, deadline, pid, start, user, mnt = _GROUP.unpack_from(buf, pos)
-        g = Group(expected, deadline / 1e9)
-        g.state, g.holder, g.inodes = state, (pid, start), (user, mnt)
-        pos += _GROUP.size
-        for _ in range(_TERMS):
-            term = _TERM.unpack_from(buf, pos)[0].rstrip(b"\0")
-            if term:
-                g.terms.append(term.decode(errors="replace"))
-            pos += _TERM.size
-        g.error = bytes(buf[pos:pos + _ERROR]).rstrip(b"\0").decode(errors="replace")
-        pos += _ERROR
-        g.slots = [list(_SLOT.unpack_from(buf, pos + i * _SLOT.size)) for i in range(nslots)]
-        pos += nslots * _SLOT.size
-        groups.append(g)
-    return groups
-
-
-def store(buf, groups):
-    """Write `groups` into the idle copy, then make it the current one."""
-    data = bytearray(_HEAD.size)
-    for g in groups:
-        data += _GROUP.pack(g.state, g.expected, len(g.slots), int(g.deadline * 1e9),
-                            *g.holder, *g.inodes)
-        for i in range(_TERMS):
-            data += _TERM.pack(g.terms[i].encode() if i < len(g.terms) else b"")
-        data += g.error.encode()[:_ERROR].ljust(_ERROR, b"\0")
-        for slot in g.slots:
-            data += _SLOT.pack(*slot)
-    if len(data) > COPY:
-        raise Fatal("join: too many ranks waiting on one tag at once")
-    _HEAD.pack_into(data, 0, MAGIC, 0, VERSION, len(data), len(groups))
-    struct.pack_into("<I", data, 8, crc32(data[12:]))
-    idle = (_CURRENT.unpack_from(buf)[0] & 1) ^ 1
-    at = _CURRENT.size + idle * COPY
-    buf[at:at + len(data)] = data
-    _CURRENT.pack_into(buf, 0, idle)
-
-
-def stored_terms(terms):
-    """[(label, text)] of what peers must agree on, as the record stores them: "label\0text",
-    compared whole. A term too long for its field (a long image path, many binds) keeps its
-    start and gets a digest of the whole; only then is `hashlib` (2.5 ms) imported."""
-    stored = []
-    for label, text in terms:
-        term = f"{label}\0{text}"
-        if len(term.encode()) > _TERM.size:
-            import hashlib
-            digest = hashlib.sha256(term.encode()).hexdigest()[:32]
-            term = f"{term.encode()[:_TERM.size - 40].decode(errors='ignore')}...~{digest}"
-        stored.append(term)
-    return stored
 
 
 def difference(g, expected, terms):
@@ -219,13 +98,6 @@ def is_open(g, now):
     return g.state in (SETUP, READY) and len(g.slots) < g.expected and now < g.deadline
 
 
-def in_use(buf):
-    """Whether any group in record `buf` still has a live process (for the Slurm epilog)."""
-    groups = load(buf) or []
-    return any(ns.alive(*g.holder) or any(ns.alive(s[0], s[2]) for s in g.slots
-                                          if s[1] != GONE) for g in groups)
-
-
 class LockTimeout(Fatal):
     """The record's lock stayed taken (by a process stopped while holding it) past a deadline."""
 
@@ -233,8 +105,8 @@ class LockTimeout(Fatal):
 class Objects:
     """The open record and semaphore of one tag: the lock, and reading and writing the table."""
 
-    def __init__(self, name, deadline):
-        self.name = name
+    def __init__(self, name, tag, deadline):
+        self.name, self.tag = name, tag
         self.path = f"/dev/shm{name}"
         for _ in range(1000):
             self.fd = self._open_record()
@@ -312,12 +184,20 @@ class Objects:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
 
     def read(self):
-        return load(self.map)
+        """The groups of the record, or None when they can't be read (torn by a write we
+        raced without the lock, or corrupt)."""
+        try:
+            return record.parse(self.map)[1]
+        except record.Corrupt:
+            return None
 
     def commit(self, groups):
         """Store the table (under the lock). With no group left, unlink both names: the next
         rank starts from nothing, and any rank holding this record starts over."""
-        store(self.map, groups)
+        try:
+            record.store(self.map, self.tag, groups)
+        except ValueError as e:
+            raise Fatal(f"join: {e}") from None
         if groups:
             return
         for unlink in (posix_ipc.unlink_semaphore, posix_ipc.unlink_shared_memory):
@@ -385,7 +265,7 @@ def arrive(tag, expected, terms, timeout, log):
     terms = stored_terms(terms)
     while True:
         checkpoint("any", "arrive")
-        objects = Objects(name, deadline)
+        objects = Objects(name, tag, deadline)
         try:
             checkpoint("any", "locked")
             groups = objects.read() or []
@@ -592,12 +472,14 @@ class Member:
 
 # --- cleanup from outside a group: chjoinctl gc and the Slurm epilog ----------------------------
 
-def sweep(name, force=False, dry_run=False):
+def sweep(name, tag=None, force_tag=None, dry_run=False):
     """Clean record `/dev/shm/<name>` (any user's, for root) as an arriving rank would: under
     its lock, never waited for (whoever holds it is alive and busy), end the groups that are
     over (dismissing their holders), and unlink the record and its semaphore once no group is
-    left. `force` unlinks them whatever the groups (the epilog, for a job's own tags). A rank
-    that merely created the name starts over when it finds it unlinked under its lock.
+    left. Only the record of `tag`, if given (the tag stored in it: names say nothing). A record
+    whose stored tag starts with `force_tag` is unlinked whatever its groups (the epilog, for a
+    job's own tags); a corrupt one is unlinked too. A rank that merely created the name starts
+    over when it finds it unlinked under its lock.
     Returns [(what, detail)]: ("holder", pid) dismissed, ("removed", path); None if locked."""
     path = f"/dev/shm/{name}"
     try:
@@ -611,20 +493,29 @@ def sweep(name, force=False, dry_run=False):
             return None
         if not os.fstat(fd).st_nlink:
             return []
-        done, groups = [], []
-        if os.fstat(fd).st_size >= SIZE:
-            with mmap.mmap(fd, SIZE) as buf:
-                groups = load(buf) or []
-                now = time.monotonic()
-                for g in list(groups):
-                    if force or review(g, now, thorough=True):
-                        groups.remove(g)
-                        if g.holder[0] and ns.alive(*g.holder):
-                            done.append(("holder", g.holder[0]))
-                            if not dry_run:
-                                ns.dismiss(*g.holder, wake=True)
-                if groups and not dry_run:
-                    store(buf, groups)
+        done = []
+        snapshot = os.pread(fd, record.SIZE, 0)
+        try:
+            stored, groups = record.parse(snapshot)
+        except record.Corrupt:
+            if tag is not None:
+                return []
+            stored, groups = None, []
+        if tag is not None and stored != record.stored_tag(tag):
+            return []
+        force = stored is not None and force_tag is not None and stored.startswith(force_tag)
+        now = time.monotonic()
+        for g in list(groups):
+            if force or review(g, now, thorough=True):
+                groups.remove(g)
+                if g.holder[0] and ns.alive(*g.holder):
+                    done.append(("holder", g.holder[0]))
+                    if not dry_run:
+                        ns.dismiss(*g.holder, wake=True)
+        if groups and not dry_run:
+            at, index = record.idle_copy(snapshot)
+            os.pwrite(fd, record.encode(stored, groups), at)
+            os.pwrite(fd, record.index_bytes(index), 0)
         if not groups:
             done += [("removed", p) for p in unlink_names(name, dry_run=dry_run)]
         return done
@@ -632,10 +523,10 @@ def sweep(name, force=False, dry_run=False):
         os.close(fd)
 
 
-def unlink_names(name, record=True, dry_run=False):
-    """Unlink `/dev/shm/<name>` (with `record`) and its semaphore; the paths that existed."""
+def unlink_names(name, with_record=True, dry_run=False):
+    """Unlink `/dev/shm/<name>` (with `with_record`) and its semaphore; the paths that existed."""
     removed = []
-    for path in ([f"/dev/shm/{name}"] if record else []) + [f"/dev/shm/sem.{name}"]:
+    for path in ([f"/dev/shm/{name}"] if with_record else []) + [f"/dev/shm/sem.{name}"]:
         try:
             if dry_run:
                 os.lstat(path)
@@ -647,20 +538,18 @@ def unlink_names(name, record=True, dry_run=False):
     return removed
 
 
-def sweep_all(prefix, force_prefix=None, dry_run=False, exact=False):
+def sweep_all(prefix, tag=None, force_tag=None, dry_run=False):
     """`sweep` every record whose name starts with `prefix` ("chjoin-" for all users,
-    "chjoin-UID-" for one; with `exact`, the one named `prefix`), forcing those that start with
-    `force_prefix`; then unlink semaphores of those whose record is gone. [(what, detail)]."""
-    def chosen(name):
-        return name == prefix if exact else name.startswith(prefix)
-
+    "chjoin-UID-" for one), only those of `tag` if given, forcing those whose tag starts with
+    `force_tag`; then (without `tag`) unlink the semaphores whose record is gone."""
     done = []
     for name in sorted(os.listdir("/dev/shm")):
-        if chosen(name):
-            force = bool(force_prefix) and name.startswith(force_prefix)
-            done += sweep(name, force, dry_run) or []
+        if name.startswith(prefix):
+            done += sweep(name, tag, force_tag, dry_run) or []
+    if tag is not None:
+        return done
     for name in sorted(os.listdir("/dev/shm")):
-        if name.startswith("sem.") and chosen(name[4:]) and \
+        if name.startswith("sem.") and name[4:].startswith(prefix) and \
                 not os.path.exists(f"/dev/shm/{name[4:]}"):
             done += [("removed", p) for p in unlink_names(name[4:], False, dry_run)]
     return done

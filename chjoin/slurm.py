@@ -228,10 +228,11 @@ def kill_holders(job):
 
 
 def remove_ipc(job):
-    """Unlink the job's records and semaphores: those of its Slurm tags, and any of its uid
+    """Unlink the job's records and semaphores: those of its Slurm tags (`slurm.JOB.STEP`, as
+    stored in each record: names say nothing), and any of its uid
     that no live process uses (`ipc.sweep_all`, as `chjoinctl gc` does); returns what was
     removed: paths, and "holder pid N" for holders of groups that were over."""
-    done = ipc.sweep_all(f"chjoin-{job.uid}-", force_prefix=f"chjoin-{job.uid}-slurm.{job.id}.")
+    done = ipc.sweep_all(f"chjoin-{job.uid}-", force_tag=f"slurm.{job.id}.")
     return [detail if what == "removed" else f"holder pid {detail}" for what, detail in done]
 
 

@@ -70,13 +70,8 @@ def gc(uid, tag, dry_run, as_json):
     is cleaned under its lock, as a rank does; one being used at that moment is skipped."""
     from chjoin import ipc
     uid = _uid_filter(uid, False)
-    if tag is not None:
-        prefixes, exact = [ipc.object_name(os.geteuid() if uid is None else uid, tag)[1:]], True
-    else:
-        prefixes, exact = [f"chjoin-{uid}-" if uid is not None else "chjoin-"], False
-    done = []
-    for prefix in prefixes:
-        done += ipc.sweep_all(prefix, dry_run=dry_run, exact=exact)
+    prefix = f"chjoin-{uid}-" if uid is not None else "chjoin-"
+    done = ipc.sweep_all(prefix, tag=tag, dry_run=dry_run)
     verb = "would " if dry_run else ""
     lines = [f"{verb}remove {d}" if what == "removed" else f"{verb}dismiss holder pid {d}"
              for what, d in done]

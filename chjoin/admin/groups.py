@@ -1,19 +1,19 @@
 """What `chjoinctl ps` shows: the rendezvous records in /dev/shm, their groups, and the
 processes inside each group's container (found by namespace inode)."""
 
-import mmap
 import os
 import time
 
-from chjoin import ipc, ns
+from chjoin import ns, record
+from chjoin.record import FAILED, GONE, INSIDE, READY, SETUP, WAITING
 
-STATES = {ipc.SETUP: "SETUP", ipc.READY: "READY", ipc.FAILED: "FAILED"}
-SLOT_STATES = {ipc.WAITING: "waiting", ipc.INSIDE: "inside", ipc.GONE: "gone"}
+STATES = {SETUP: "SETUP", READY: "READY", FAILED: "FAILED"}
+SLOT_STATES = {WAITING: "waiting", INSIDE: "inside", GONE: "gone"}
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def record_names(uid=None, tag=None):
-    """Names in /dev/shm of chjoin records: of `uid` (None: every user's), of `tag` only."""
+def record_names(uid=None):
+    """Names in /dev/shm of chjoin records: of `uid` (None: every user's)."""
     names = []
     for name in sorted(os.listdir("/dev/shm")):
         parts = name.split("-", 2)
@@ -21,29 +21,27 @@ def record_names(uid=None, tag=None):
             continue
         if uid is not None and int(parts[1]) != uid:
             continue
-        if tag is not None and f"/{name}" != ipc.object_name(int(parts[1]), tag):
-            continue
         names.append(name)
     return names
 
 
 def read_record(path):
-    """The groups of the record at `path`, read without its lock (a torn copy is re-read); []
-    for an empty one, None when unreadable."""
+    """(tag, groups, problem) of the record at `path`, read without its lock (a torn copy is
+    re-read): ("", [], "") for an empty one, (None, None, reason) when unreadable or corrupt."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
+    except OSError as e:
+        return None, None, e.strerror
     try:
-        if os.fstat(fd).st_size < ipc.SIZE:
-            return []
-        with mmap.mmap(fd, ipc.SIZE, prot=mmap.PROT_READ) as buf:
-            for _ in range(50):
-                groups = ipc.load(buf)
-                if groups is not None:
-                    return groups
+        for _ in range(50):
+            try:
+                tag, groups = record.parse(os.pread(fd, record.SIZE, 0))
+                return tag, groups, ""
+            except record.Torn:
                 time.sleep(0.002)
-            return []
+            except record.Corrupt as e:
+                return None, None, f"corrupt: {e}"
+        return None, None, "corrupt: wrong CRC"
     finally:
         os.close(fd)
 
@@ -79,23 +77,23 @@ def comm(pid):
 def describe(g, members, now_ticks):
     """One group as plain values (what --json prints, and the text is made of)."""
     terms = dict(t.partition("\0")[::2] for t in g.terms)
-    live = [s for s in g.slots if s[1] != ipc.GONE and ns.alive(s[0], s[2])]
+    live = [s for s in g.slots if s[1] != GONE and ns.alive(s[0], s[2])]
     holder_alive = bool(g.holder[0]) and ns.alive(*g.holder)
     inside = sorted(members.get(tuple(g.inodes), [])) if g.inodes[0] else []
     return {
-        "state": STATES.get(g.state, str(g.state)),
+        "state": STATES[g.state],
         "expected": g.expected,
         "arrived": len(g.slots),
-        "waiting": sum(s[1] == ipc.WAITING for s in g.slots),
-        "inside": sum(s[1] == ipc.INSIDE for s in g.slots),
+        "waiting": sum(s[1] == WAITING for s in g.slots),
+        "inside": sum(s[1] == INSIDE for s in g.slots),
         "age": round(max(0.0, (now_ticks - g.slots[0][2]) / TICKS), 1) if g.slots else None,
         "winner": g.slots[0][0] if g.slots else None,
         "holder": g.holder[0] or None,
         "holder_alive": holder_alive,
         "image": terms.get("image", ""),
         "terms": terms,
-        "error": g.failure()[1] if g.state == ipc.FAILED else "",
-        "slots": [{"pid": s[0], "state": SLOT_STATES.get(s[1], str(s[1])),
+        "error": g.failure()[1] if g.state == FAILED else "",
+        "slots": [{"pid": s[0], "state": SLOT_STATES[s[1]],
                    "alive": ns.alive(s[0], s[2])} for s in g.slots],
         "processes": [{"pid": pid, "comm": comm(pid)} for pid in inside],
         "stale": not (live or holder_alive or inside),
@@ -103,22 +101,26 @@ def describe(g, members, now_ticks):
 
 
 def survey(uid=None, tag=None):
-    """[record]: each record of `uid` (None: all) as plain values, its groups described."""
+    """[record]: each record of `uid` (None: all) and `tag` (None: all; the tag stored in the
+    record, as names say nothing of it) as plain values, its groups described."""
     members = namespace_members()
     now_ticks = uptime_ticks()
     records = []
-    for name in record_names(uid, tag):
+    for name in record_names(uid):
         path = f"/dev/shm/{name}"
-        groups = read_record(path)
+        stored, groups, problem = read_record(path)
+        if tag is not None and stored != record.stored_tag(tag):
+            continue
         try:
             owner = os.stat(path).st_uid
         except OSError:
             continue
         described = [describe(g, members, now_ticks) for g in groups or []]
         records.append({
-            "path": path, "uid": owner, "tag": name.split("-", 2)[2],
+            "path": path, "uid": owner, "tag": stored,
             "semaphore": os.path.exists(f"/dev/shm/sem.{name}"),
             "readable": groups is not None,
+            "problem": problem,
             "stale": groups is not None and all(g["stale"] for g in described),
             "groups": described,
         })
@@ -132,7 +134,8 @@ def text(records):
     lines = [f"{'TAG':<24} {'UID':>6} {'STATE':<8} {'RANKS':>7} {'AGE':>8} {'HOLDER':>8}  IMAGE"]
     for r in records:
         if not r["readable"]:
-            lines.append(f"{r['tag']:<24} {r['uid']:>6} (not readable by this user)")
+            state = "CORRUPT" if r["problem"].startswith("corrupt") else "?"
+            lines.append(f"{'?':<24} {r['uid']:>6} {state:<8}  {r['path']}: {r['problem']}")
             continue
         if not r["groups"]:
             lines.append(f"{r['tag']:<24} {r['uid']:>6} {'EMPTY':<8}  (stale record)")

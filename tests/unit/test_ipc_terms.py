@@ -1,7 +1,7 @@
 """What peers must agree on, as the shared record stores it: whole when it fits, else its start
 and a digest of the whole, so that two different configurations never look the same."""
 
-from chjoin.ipc import _TERM, stored_terms
+from chjoin.record import _TERM, stored_terms
 
 
 def test_short_terms_are_stored_whole():
