@@ -29,6 +29,7 @@ import _signal as signal    # `signal` is this plus enums, whose import costs ev
 import fcntl
 import mmap
 import os
+import stat
 import time
 
 import posix_ipc
@@ -142,9 +143,12 @@ class Objects:
 
     @staticmethod
     def _foreign(path, err):
+        """The line for a name another user holds: the owner of what is there (lstat: a
+        symlink's own owner, never its target's)."""
         try:
-            st = os.stat(path)
-            owner = f"owned by uid {st.st_uid}, mode {st.st_mode & 0o777:o}"
+            st = os.lstat(path)
+            kind = "a symlink " if stat.S_ISLNK(st.st_mode) else ""
+            owner = f"{kind}owned by uid {st.st_uid}, mode {st.st_mode & 0o777:o}"
         except OSError:
             owner = str(err)
         return f"join: can't use {path}: {owner}; another user holds this group's name"
@@ -468,88 +472,3 @@ class Member:
             return self._update(change, time.monotonic() + 1) is not None and not over
         except LockTimeout:
             return True
-
-
-# --- cleanup from outside a group: chjoinctl gc and the Slurm epilog ----------------------------
-
-def sweep(name, tag=None, force_tag=None, dry_run=False):
-    """Clean record `/dev/shm/<name>` (any user's, for root) as an arriving rank would: under
-    its lock, never waited for (whoever holds it is alive and busy), end the groups that are
-    over (dismissing their holders), and unlink the record and its semaphore once no group is
-    left. Only the record of `tag`, if given (the tag stored in it: names say nothing). A record
-    whose stored tag starts with `force_tag` is unlinked whatever its groups (the epilog, for a
-    job's own tags); a corrupt one is unlinked too. A rank that merely created the name starts
-    over when it finds it unlinked under its lock.
-    Returns [(what, detail)]: ("holder", pid) dismissed, ("removed", path); None if locked."""
-    path = f"/dev/shm/{name}"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return []
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
-        if not os.fstat(fd).st_nlink:
-            return []
-        done = []
-        snapshot = os.pread(fd, record.SIZE, 0)
-        try:
-            stored, groups = record.parse(snapshot)
-        except record.Corrupt:
-            if tag is not None:
-                return []
-            stored, groups = None, []
-        if tag is not None and stored != record.stored_tag(tag):
-            return []
-        force = stored is not None and force_tag is not None and stored.startswith(force_tag)
-        now = time.monotonic()
-        for g in list(groups):
-            if force or review(g, now, thorough=True):
-                groups.remove(g)
-                if g.holder[0] and ns.alive(*g.holder):
-                    done.append(("holder", g.holder[0]))
-                    if not dry_run:
-                        ns.dismiss(*g.holder, wake=True)
-        if groups and not dry_run:
-            at, index = record.idle_copy(snapshot)
-            os.pwrite(fd, record.encode(stored, groups), at)
-            os.pwrite(fd, record.index_bytes(index), 0)
-        if not groups:
-            done += [("removed", p) for p in unlink_names(name, dry_run=dry_run)]
-        return done
-    finally:
-        os.close(fd)
-
-
-def unlink_names(name, with_record=True, dry_run=False):
-    """Unlink `/dev/shm/<name>` (with `with_record`) and its semaphore; the paths that existed."""
-    removed = []
-    for path in ([f"/dev/shm/{name}"] if with_record else []) + [f"/dev/shm/sem.{name}"]:
-        try:
-            if dry_run:
-                os.lstat(path)
-            else:
-                os.unlink(path)
-            removed.append(path)
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def sweep_all(prefix, tag=None, force_tag=None, dry_run=False):
-    """`sweep` every record whose name starts with `prefix` ("chjoin-" for all users,
-    "chjoin-UID-" for one), only those of `tag` if given, forcing those whose tag starts with
-    `force_tag`; then (without `tag`) unlink the semaphores whose record is gone."""
-    done = []
-    for name in sorted(os.listdir("/dev/shm")):
-        if name.startswith(prefix):
-            done += sweep(name, tag, force_tag, dry_run) or []
-    if tag is not None:
-        return done
-    for name in sorted(os.listdir("/dev/shm")):
-        if name.startswith("sem.") and name[4:].startswith(prefix) and \
-                not os.path.exists(f"/dev/shm/{name[4:]}"):
-            done += [("removed", p) for p in unlink_names(name[4:], False, dry_run)]
-    return done

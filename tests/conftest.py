@@ -261,3 +261,24 @@ def winner_of(rank):
     won = re.search(r"chjoin\[(\d+)\]: join: (won|a group of one)", rank.stderr)
     joined = re.search(r"joined the container of winner pid (\d+)", rank.stderr)
     return int((won or joined).group(1)) if won or joined else None
+
+
+@pytest.fixture
+def slurm_config():
+    """make(**settings) -> the path of a settings file for the prolog and epilog, as a site
+    writes /etc/chjoin/slurm.conf: root's, in a directory of root's that nobody else can write
+    (the prolog and epilog ignore any other). Removed after the test."""
+    made = []
+
+    def make(**settings):
+        directory = Path(tempfile.mkdtemp(prefix="chjoin-conf-", dir="/run"))
+        os.chmod(directory, 0o755)
+        made.append(directory)
+        path = directory / "slurm.conf"
+        path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        os.chmod(path, 0o644)
+        return str(path)
+
+    yield make
+    for directory in made:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -87,7 +87,7 @@ def squashfs_file(squash_dir):
 def test_prolog_stages_a_squashfs_image_on_the_node_and_epilog_removes_it(cluster, as_user,
                                                                           squashfs_file):
     """The staged copy is what chjoin runs: the job runs its command in it."""
-    script = (f'staged=/var/tmp/chjoin-stage/$SLURM_JOB_ID/{squashfs_file.name}\n'
+    script = (f'staged=/var/lib/chjoin/stage/$SLURM_JOB_ID/{squashfs_file.name}\n'
               f'cmp {squashfs_file} "$staged" && stat -c "%U %s" "$staged" && '
               f'{as_user.chjoin} "$staged" -- cat /etc/image-file\n')
     job_id, out = sbatch(as_user, script, ["-N1", "-n1",
@@ -96,11 +96,11 @@ def test_prolog_stages_a_squashfs_image_on_the_node_and_epilog_removes_it(cluste
     cluster.idle()
     assert out.read_text() == f"{as_user.name} {squashfs_file.stat().st_size}\nfrom the image\n"
     lines = log_lines(job_id)
-    assert any(f"staged {squashfs_file} to /var/tmp/chjoin-stage/{job_id}/" in line
+    assert any(f"staged {squashfs_file} to /var/lib/chjoin/stage/{job_id}/" in line
                for line in lines), lines
-    assert any(line.endswith(f"removed /var/tmp/chjoin-stage/{job_id}") for line in lines)
+    assert any(line.endswith(f"removed /var/lib/chjoin/stage/{job_id}") for line in lines)
     for node in cluster.nodes:
-        assert not cluster.on_node(node, "sh", "-c", f"ls /var/tmp/chjoin-stage/{job_id} "
+        assert not cluster.on_node(node, "sh", "-c", f"ls /var/lib/chjoin/stage/{job_id} "
                                    "2>/dev/null || true")
 
 
