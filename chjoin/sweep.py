@@ -142,7 +142,7 @@ def sweep(name, tag=None, force_tag=None, dry_run=False):
         if not os.fstat(fd).st_nlink:
             return []
         done = []
-        snapshot = os.pread(fd, record.SIZE, 0)
+        snapshot = os.pread(fd, record.SIZE + 1, 0)       # longer than a record: corrupt
         try:
             stored, groups = record.parse(snapshot)
         except record.Corrupt as e:

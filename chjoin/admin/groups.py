@@ -44,7 +44,7 @@ def read_record(path, uid=None):
                                 f"{stat.S_IMODE(st.st_mode):o}, under uid {uid}'s name")
         for _ in range(50):
             try:
-                tag, groups = record.parse(os.pread(fd, record.SIZE, 0))
+                tag, groups = record.parse(os.pread(fd, record.SIZE + 1, 0))
                 return tag, groups, ""
             except record.Torn:
                 time.sleep(0.002)
