@@ -4,12 +4,15 @@ the prolog and epilog as slurmd would (root, SLURM_* in the environment, nothing
 
 import os
 import pwd
+import shutil
 import signal
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from chjoin import ns, record
 from chjoin.record import READY, WAITING, Group
@@ -153,3 +156,47 @@ def struct_group(expected, nslots, extra=b""):
     buf = bytearray(record.SIZE)
     buf[8:8 + len(data)] = data
     return bytes(buf)
+
+
+# --- fixtures both test files use ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def squashfs_file():
+    base = _readable_dir("chjoin-sec-sqfs-")
+    tree = base / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "image-file").write_text("from the image\n")
+    yield _mksquashfs(tree, base / "img.sqfs")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def stuck_path(squashfs_file):
+    """A path on a FUSE mount whose daemon is stopped: every access to it blocks (killably),
+    as on a hung network file system."""
+    mnt = _readable_dir("chjoin-stuck-")
+    daemon = subprocess.Popen(["squashfuse", "-f", "-o", "allow_other", str(squashfs_file),
+                               str(mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not os.path.ismount(mnt):
+        assert time.monotonic() < deadline and daemon.poll() is None, "squashfuse didn't mount"
+        time.sleep(0.05)
+    daemon.send_signal(signal.SIGSTOP)
+    yield mnt / "etc" / "image-file"
+    daemon.send_signal(signal.SIGCONT)
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    daemon.terminate()
+    daemon.wait()
+    shutil.rmtree(mnt, ignore_errors=True)
+
+
+
+
+def _readable_dir(prefix):
+    from conftest import world_readable_dir
+    return world_readable_dir(prefix)
+
+
+def _mksquashfs(tree, path):
+    from conftest import mksquashfs
+    return mksquashfs(tree, path)

@@ -6,7 +6,6 @@ file changed owner, what the hook printed, and that it ended, and how."""
 
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import tempfile
@@ -17,7 +16,8 @@ from pathlib import Path
 import pytest
 
 import attack
-from conftest import mksquashfs, world_readable_dir
+from attack import squashfs_file, stuck_path  # noqa: F401 (fixtures)
+from conftest import world_readable_dir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="plays root and two users: run as root")
 JOBS = count(4_000_000_000 + os.getpid() % 1000 * 1000)   # ids no Slurm has (scancel is a no-op)
@@ -44,16 +44,6 @@ def victim_dir():
     os.chown(path, *attack.ids("victim"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def squashfs_file():
-    base = world_readable_dir("chjoin-sec-sqfs-")
-    tree = base / "tree"
-    (tree / "etc").mkdir(parents=True)
-    (tree / "etc" / "image-file").write_text("from the image\n")
-    yield mksquashfs(tree, base / "img.sqfs")
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def lines(done):
@@ -338,26 +328,6 @@ def test_a_fifo_as_image_fails_the_job_at_once(victim_dir, scratch, slurm_config
                f"can't stage {fifo}: not a regular file or directory")
     assert (done.returncode, lines(done)) == (0, [
         f"chjoin prolog: job {job} on n1: cancelling the job: {problem}"])
-
-
-@pytest.fixture
-def stuck_path(squashfs_file):
-    """A path on a FUSE mount whose daemon is stopped: every access to it blocks (killably),
-    as on a hung network file system."""
-    mnt = world_readable_dir("chjoin-stuck-")
-    daemon = subprocess.Popen(["squashfuse", "-f", "-o", "allow_other", str(squashfs_file),
-                               str(mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not os.path.ismount(mnt):
-        assert time.monotonic() < deadline and daemon.poll() is None, "squashfuse didn't mount"
-        time.sleep(0.05)
-    daemon.send_signal(signal.SIGSTOP)
-    yield mnt / "etc" / "image-file"
-    daemon.send_signal(signal.SIGCONT)
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-    daemon.terminate()
-    daemon.wait()
-    shutil.rmtree(mnt, ignore_errors=True)
 
 
 def test_a_stuck_path_as_image_fails_the_job_within_the_deadline(stuck_path, scratch,
