@@ -81,6 +81,7 @@ def open_trusted_dir(path, create=False):
                     raise
                 os.mkdir(part, 0o755, dir_fd=fd)
                 next_fd = os.open(part, _DIR, dir_fd=fd)
+                os.fchmod(next_fd, 0o755)         # whatever slurmd's umask: users enter it
             except OSError as e:
                 if e.errno in (20, 40):             # ENOTDIR, ELOOP: a symlink or a file
                     kind = "a symlink" if os.path.islink(done) else "not a directory"

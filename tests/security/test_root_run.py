@@ -85,7 +85,7 @@ def test_gc_as_root_signals_no_process_a_forged_record_names(chjoinctl, named):
 
 
 def test_the_epilog_leaves_alone_a_record_another_user_planted_under_the_jobs_name(
-        slurm_config):
+        chjoinctl, slurm_config):
     """The attacker plants a record under the victim's name for the victim's job
     (`chjoin-<victim>-slurm.<JOB>.0`) whose holder is the victim's process: the victim's epilog
     signals nothing, leaves the attacker's file where it is (it isn't the victim's), says so in
@@ -105,6 +105,8 @@ def test_the_epilog_leaves_alone_a_record_another_user_planted_under_the_jobs_na
             f"{attack.ids('attacker')[0]}, mode 600, not uid {attack.ids('victim')[0]}'s "
             "with mode 600"]
         assert os.stat(path).st_uid == attack.ids("attacker")[0]
+        ps = subprocess.run([chjoinctl, "ps"], capture_output=True, text=True, timeout=30)
+        assert any(path in line and "FOREIGN" in line for line in lines(ps)), ps.stdout
     finally:
         attack.end(proc)
         unlink(path)
