@@ -46,7 +46,7 @@ def test_epilog_removes_what_a_killed_job_left(cluster, as_user, image):
     assert any(line.endswith(f": removed {name}") for line in lines), lines
     assert any(line.endswith(f": removed /dev/shm/sem.{name[9:]}") for line in lines), lines
     assert cluster.shm() == {n: [] for n in cluster.nodes}
-    assert processes_of(as_user.uid) == []
+    assert [p for p in processes_of(as_user.uid) if of_job(p.split()[0], job_id)] == []
 
 
 def test_epilog_reports_a_clean_job_as_clean(cluster, as_user, image):
