@@ -41,7 +41,10 @@ DEFAULTS = {
     "CHJOIN_SLURM_LOG": "",
     "CHJOIN_CHECK_TIMEOUT": "30",     # seconds for each check run as the job's user
     "CHJOIN_STAGE_TIMEOUT": "600",    # seconds for staging one image as the job's user
+    "CHJOIN_STAGE_MAX_MB": "0",       # the largest image staged (0: any that leaves RESERVE)
 }
+MAX_REQUESTS = 8        # chjoin-image= and chjoin-stage= words in one job's comment
+RESERVE = 0.10          # of the stage file system that staging always leaves free
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -159,6 +162,10 @@ class Job:
         self.stage_dir = settings["CHJOIN_STAGE_DIR"]
         self.check_timeout = _seconds(settings, "CHJOIN_CHECK_TIMEOUT")
         self.stage_timeout = _seconds(settings, "CHJOIN_STAGE_TIMEOUT")
+        try:
+            self.stage_max = max(0, int(settings["CHJOIN_STAGE_MAX_MB"])) << 20
+        except ValueError:
+            self.stage_max = 0
         self.log_fd, self.log_problem = _open_log(settings["CHJOIN_SLURM_LOG"])
 
     def say(self, role, message):
@@ -203,8 +210,14 @@ def prolog(job, run=None, comment=None):
         run(["scontrol", "update", f"NodeName={job.node}", "State=DRAIN",
              f"Reason=chjoin: {reason}"[:250]], capture_output=True)
         return EXIT_NODE_FAULT
-    for key, path in requests(comment_of(job, run) if comment is None else comment):
-        if key == "chjoin-image":
+    wanted = requests(comment_of(job, run) if comment is None else comment)
+    if len(wanted) > MAX_REQUESTS:
+        wanted = [("too many", f"{len(wanted)} chjoin-image=/chjoin-stage= requests in the "
+                               f"job's comment; at most {MAX_REQUESTS}")]
+    for key, path in wanted:
+        if key == "too many":
+            problem = path
+        elif key == "chjoin-image":
             problem = as_user(job, job.check_timeout, _check_readable, path,
                               stuck=f"checking image {path}")
         else:
@@ -322,7 +335,7 @@ def stage(job, path):
         try:
             os.fchown(job_fd, job.uid, job.gid)
             problem = as_user(job, job.stage_timeout, _copy_squashfs, path, job_fd, name,
-                              stuck=f"staging {path}", keep_fds=[job_fd])
+                              job.stage_max, stuck=f"staging {path}", keep_fds=[job_fd])
             if not problem:
                 size = os.stat(name, dir_fd=job_fd, follow_symlinks=False).st_size
                 job.say("prolog", f"staged {path} to {job_dir}/{name} ({size / 2**20:.1f} MiB "
@@ -336,10 +349,11 @@ def stage(job, path):
     return problem
 
 
-def _copy_squashfs(path, dir_fd, name):
+def _copy_squashfs(path, dir_fd, name, max_size=0):
     """As the job's user: copy `path` to `name` in directory `dir_fd` (created, never an
     existing file) if it is a SquashFS image chjoin can run (a sound superblock, the file
-    whole); else the reason it isn't."""
+    whole), no larger than `max_size` (0: any) and leaving RESERVE of the file system free;
+    else the reason it isn't."""
     from chjoin.image import squashfs_problem
     try:
         src, st = open_user_path(path)
@@ -353,6 +367,13 @@ def _copy_squashfs(path, dir_fd, name):
         problem = squashfs_problem(os.pread(src, 96, 0), st.st_size)
         if problem:
             return f"can't stage {path}: {problem}"
+        if max_size and st.st_size > max_size:
+            return (f"can't stage {path}: {st.st_size / 2**20:.1f} MiB, more than this node "
+                    f"stages ({max_size >> 20} MiB)")
+        fs = os.fstatvfs(dir_fd)
+        if st.st_size > fs.f_bavail * fs.f_frsize - RESERVE * fs.f_blocks * fs.f_frsize:
+            return (f"can't stage {path}: {st.st_size / 2**20:.1f} MiB would leave less than "
+                    f"{RESERVE:.0%} of the stage file system free")
         out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o644, dir_fd=dir_fd)
         try:

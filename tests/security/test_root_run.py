@@ -463,3 +463,38 @@ def test_a_symlink_squatting_a_records_name_is_named_as_the_attackers(chjoin, im
             in done.stderr, done.stderr
     finally:
         unlink(path, target)
+
+
+# --- the prolog bounds what a job may ask of root -------------------------------------------
+
+def test_a_comment_with_too_many_requests_fails_the_job(scratch, slurm_config, squashfs_file):
+    """Each request is a child with a deadline: a comment naming more than 8 fails the job at
+    once, with one line, rather than keeping the prolog busy for 9 deadlines."""
+    job = next(JOBS)
+    comment = " ".join(f"chjoin-image={squashfs_file}" for _ in range(9))
+    done = attack.hook("prolog", job, "victim", "--config",
+                       slurm_config(CHJOIN_STAGE_DIR=scratch / "stage"), "--comment", comment)
+    assert (done.returncode, lines(done)) == (0, [
+        f"chjoin prolog: job {job} on n1: cancelling the job: 9 chjoin-image=/chjoin-stage= "
+        "requests in the job's comment; at most 8"])
+
+
+def test_an_image_larger_than_the_site_stages_fails_the_job(scratch, slurm_config):
+    """CHJOIN_STAGE_MAX_MB bounds what a user may make root's disk hold."""
+    base = world_readable_dir("chjoin-sec-big-")
+    try:
+        (base / "tree").mkdir()
+        (base / "tree" / "noise").write_bytes(os.urandom(3 << 20))
+        big = attack._mksquashfs(base / "tree", base / "big.sqfs")
+        job = next(JOBS)
+        done = attack.hook("prolog", job, "victim", "--config",
+                           slurm_config(CHJOIN_STAGE_DIR=scratch / "stage",
+                                        CHJOIN_STAGE_MAX_MB=1),
+                           "--comment", f"chjoin-stage={big}")
+        size = os.stat(big).st_size / 2**20
+        assert (done.returncode, lines(done)) == (0, [
+            f"chjoin prolog: job {job} on n1: cancelling the job: can't stage {big}: "
+            f"{size:.1f} MiB, more than this node stages (1 MiB)"])
+        assert os.listdir(scratch / "stage" / str(job)) == []
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
