@@ -90,7 +90,7 @@ int ops_next(const char *body, size_t len, size_t *pos, struct op *op, char *why
     const char *kind = field(body, len, pos);
     if (!kind)
         return bad(why, "a record not NUL-terminated at byte %zu", at);
-    int n = kind[1] ? -1 : fields_of(kind[0]);
+    int n = kind[0] && !kind[1] ? fields_of(kind[0]) : -1;   /* kind[0] == 0: kind[1] is past it */
     if (n < 0)
         return bad(why, "an unknown record at byte %zu", at);
     const char *f[2] = {NULL, NULL};
