@@ -26,15 +26,17 @@ int ops_frame(const char *buf, size_t len, size_t *header, size_t *body_len, cha
 {
     size_t scan = len < OPS_HEADER_MAX ? len : OPS_HEADER_MAX;
     const char *newline = scan ? memchr(buf, '\n', scan) : NULL;
-    if (!newline)
-        return len < OPS_HEADER_MAX ? 0 : bad(why, "no length in its first %d bytes",
-                                              OPS_HEADER_MAX);
-    size_t digits = newline - buf;
-    if (digits == 0)
-        return bad(why, "an empty length");
+    if (!newline && len < OPS_HEADER_MAX)
+        return 0;
+    size_t digits = newline ? (size_t)(newline - buf) : OPS_HEADER_MAX;
     for (size_t i = 0; i < digits; i++)
         if (buf[i] < '0' || buf[i] > '9')
-            return bad(why, "a length that is not decimal digits");
+            return bad(why, newline ? "a length that is not decimal digits" :
+                       "no length in its first %d bytes", OPS_HEADER_MAX);
+    if (!newline)                        /* 8 digits and more */
+        return bad(why, "a length over %u bytes", OPS_MAX);
+    if (digits == 0)
+        return bad(why, "an empty length");
     char text[OPS_HEADER_MAX + 1], *end;
     memcpy(text, buf, digits);
     text[digits] = 0;
