@@ -20,7 +20,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "slurm"))
 from cluster import cluster, submit  # noqa: E402,F401
-from test_spank import SHOW, assert_nothing_left, containers, errors, spank  # noqa: E402,F401
+from test_spank import (SHOW, assert_nothing_left, containers, errors,  # noqa: E402,F401
+                        sanitizer_reports, spank)
 
 SLURMD_LOG = Path("/var/log/slurm/slurmd.log")
 HARMED = re.compile(r"corrupted|double free|Segmentation|core dumped|Aborted|SIGSEGV|SIGABRT|"
@@ -85,6 +86,7 @@ def assert_one_line_and_unharmed(done, message, since):
     assert not HARMED.search(done.stderr)
     harmed = [l for l in slurmd_log_from(since).splitlines() if HARMED.search(l)]
     assert harmed == [], harmed
+    assert sanitizer_reports() == []          # the ASan cluster's (CHJOIN_SLURM_ASAN=1)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -22,6 +22,7 @@ from conftest import HOST_BINDS
 from test_mpi import OPEN_MPI, assert_allreduce, program  # noqa: F401
 
 PLUGSTACK = Path("/etc/slurm/plugstack.conf.d/chjoin.conf")
+ASAN_PLUGSTACK = Path("/run/chjoin-slurm/plugstack-asan.conf")   # CHJOIN_SLURM_ASAN=1 ci/slurm-up
 HOST_USER_NS = "user:[4026531837]"
 SHOW = ["sh", "-c", 'echo "$(hostname) $SLURM_STEP_ID $SLURM_PROCID '
         '$(readlink /proc/self/ns/user) $(readlink /proc/self/ns/mnt)"']
@@ -57,13 +58,16 @@ def spank(cluster):
 @contextlib.contextmanager
 def plugstack_timeout(seconds):
     """The plugstack line with timeout=SECONDS for the duration (srun and slurmstepd read it at
-    each start)."""
-    line = PLUGSTACK.read_text()
-    PLUGSTACK.write_text(re.sub(r"timeout=\d+", f"timeout={seconds}", line))
+    each start; slurmstepd reads the ASan cluster's own plugstack)."""
+    files = [f for f in (PLUGSTACK, ASAN_PLUGSTACK) if f.exists()]
+    lines = [f.read_text() for f in files]
+    for f, line in zip(files, lines):
+        f.write_text(re.sub(r"timeout=\d+", f"timeout={seconds}", line))
     try:
         yield
     finally:
-        PLUGSTACK.write_text(line)
+        for f, line in zip(files, lines):
+            f.write_text(line)
 
 
 def containers(stdout):
@@ -399,3 +403,46 @@ def test_a_squashfs_image_through_the_plugin_one_daemon_per_node(cluster, spank,
         time.sleep(0.05)
     assert squashfs_daemons(cluster, image) == {}
     assert_nothing_left(cluster, as_user)
+
+
+# --- under AddressSanitizer (CHJOIN_SLURM_ASAN=1 ci/slurm-up) -----------------------------------
+
+ASAN_LOG = Path("/var/log/slurm/asan")
+
+
+def sanitizer_reports():
+    """What AddressSanitizer and UBSan wrote from any slurmstepd or task (the ASan cluster)."""
+    return sorted(str(p) for p in ASAN_LOG.glob("*")) if ASAN_LOG.is_dir() else []
+
+
+def test_under_asan_slurmstepd_runs_the_sanitized_plugin(cluster, spank, as_user, image):
+    """On the ASan cluster, a step's slurmstepd maps libasan and chjoin_spank-asan.so: the
+    other tests of this file (and tests/security) really ran the sanitized build."""
+    if cluster.shape[-1] != "asan":
+        pytest.skip("not an ASan cluster (CHJOIN_SLURM_ASAN=1 ci/slurm-up)")
+    step = subprocess.Popen(["srun", "-n1", f"--chjoin-image={image}", "sleep", "3"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp",
+                            env=as_user.env(), **as_user.identity_kwargs())
+
+    def sanitized_stepd():
+        for entry in os.listdir("/proc"):
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() != "slurmstepd":
+                    continue
+                maps = Path(f"/proc/{entry}/maps").read_text()
+            except OSError:
+                continue
+            if "chjoin_spank-asan.so" in maps and "libasan.so" in maps:
+                return entry
+        return None
+
+    try:
+        assert wait_for(sanitized_stepd, 20, "a slurmstepd mapping the ASan plugin")
+    finally:
+        step.wait(timeout=60)
+    assert step.returncode == 0
+
+
+def test_zz_no_sanitizer_report(cluster):
+    """Last in this file: neither ASan nor UBSan reported anything from the plugin."""
+    assert sanitizer_reports() == []
