@@ -120,3 +120,23 @@ def test_the_next_step_runs_after_hostile_builders(cluster, spank, as_user, imag
     assert done.returncode == 0, done.stderr
     [(_host, found)] = containers(done.stdout).items()
     assert list(found.values()) == [3]
+
+
+def test_a_nul_in_the_images_environment_adds_no_operation(cluster, spank, as_user):
+    """An image's /ch/environment value holding NULs (`A=x\\0S\\0EVIL\\0yes`) used to shift the
+    records: each task got EVIL=yes, which nobody set. Now the build fails: one line per node
+    naming the file and line, exit 31, no task runs."""
+    from conftest import build_busybox_image, world_readable_dir
+
+    base = world_readable_dir("chjoin-nul-env-")
+    try:
+        root = build_busybox_image(base / "img")
+        (root / "ch" / "environment").write_bytes(b"GOOD=1\nA=x\0S\0EVIL\0yes\n")
+        done = submit(as_user, ["srun", "-n2", f"--chjoin-image={root}",
+                                "--chjoin-args=--set-env", "sh", "-c", 'echo "EVIL=$EVIL"'])
+    finally:
+        shutil.rmtree(base)
+    assert done.returncode == 31, done.stderr
+    assert "EVIL=yes" not in done.stdout and done.stdout == ""
+    lines = errors(done.stderr)
+    assert len(lines) == 1 and "NUL byte: /ch/environment:2" in lines[0], done.stderr
