@@ -104,8 +104,20 @@ def operations(launch):
     return records
 
 
+MAX_BODY = 4 << 20      # spank/ops.h OPS_MAX: the plugin refuses a longer channel
+
+
 def encode(records):
-    body = b"".join(os.fsencode(field) + b"\0" for record in records for field in record)
+    """The channel: "LENGTH\\n", then each record's fields NUL-terminated. A field holding a NUL
+    would shift the framing, and one over the plugin's maximum would be refused: a `Fatal`."""
+    fields = [os.fsencode(field) for record in records for field in record]
+    for field in fields:
+        if b"\0" in field:
+            raise Fatal(f"the environment holds a NUL byte: {os.fsdecode(field[:64])!r}")
+    body = b"".join(field + b"\0" for field in fields)
+    if len(body) > MAX_BODY:
+        raise Fatal(f"the environment operations take {len(body)} bytes: over the SPANK "
+                    f"plugin's {MAX_BODY}")
     return b"%d\n" % len(body) + body
 
 
