@@ -155,6 +155,24 @@ class Runner:
         assert done.returncode == 0, done.stderr
         return Group(json.loads(done.stdout))
 
+    def shm_names(self, tag, env=None):
+        """The /dev/shm names (no leading `/`) a --join rank of this identity, with `env` as in
+        `run`, tries for `tag`, in order: computed by chjoin's own code run as this identity,
+        so with its key (keyed names) or without one (the plain name)."""
+        code = ("import os, sys\nfrom chjoin import names\n"
+                "key, _ = names.load_key(os.environ, os.geteuid())\n"
+                "print(' '.join(n[1:] for n in names.names(os.geteuid(), sys.argv[1], key)))")
+        python = Path(self.chjoin).parent / "python"
+        done = subprocess.run([str(python), "-I", "-c", code, tag], capture_output=True,
+                              text=True, env=self.env(env), cwd="/", check=True,
+                              **self.identity_kwargs())
+        return done.stdout.split()
+
+    def shm_name(self, tag, env=None):
+        """The /dev/shm name (no leading `/`) of `tag`'s record, as this identity's ranks make
+        it (`shm_names`' first); its semaphore is `sem.` and this."""
+        return self.shm_names(tag, env)[0]
+
     def own(self, path):
         """Give `path` (recursively) to this identity."""
         subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", str(path)], check=True)
