@@ -131,6 +131,7 @@ class Objects:
         if os.fstat(self.fd).st_size < SIZE:
             os.ftruncate(self.fd, SIZE)
         self.map = mmap.mmap(self.fd, SIZE)
+        checkpoint("any", "record")      # the record is there, its semaphore not yet
         try:
             self.sem = self._open_semaphore()
         except Taken as e:

@@ -182,36 +182,40 @@ def test_names_seen_in_an_earlier_group_and_taken_do_not_stop_the_next(victim, a
     assert victims_objects(victim) == []
 
 
+def stopped(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0] == "T"
+
+
 def test_a_semaphore_taken_the_moment_the_record_appears_does_not_stop_a_join(victim, attacker,
                                                                               image):
-    """The attacker creates the semaphore of every record of the victim's as soon as it appears
-    (before the victim's rank makes it): the ranks poll the record instead, and join."""
-    watch = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import os, time, posix_ipc
+    """The attacker sees the victim's first record appear and makes its semaphore (0666) before
+    the victim's rank does (it is stopped between the two, $CHJOIN_TEST_STOP): the ranks poll
+    the record instead of waiting on it, and join; the attacker's semaphore stays theirs."""
+    import signal
+    import time
+
+    args = [victim.chjoin, "--join-ct=3", "--join-tag=race", str(image), *WHICH]
+    first = subprocess.Popen(args, env=victim.env({"CHJOIN_TEST_STOP": "any:record"}), cwd="/",
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             **victim.identity_kwargs())
+    deadline = time.monotonic() + 10
+    while not stopped(first.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [record] = [n for n in os.listdir("/dev/shm") if n.startswith(f"chjoin-{victim.uid}-")]
+    as_attacker(attacker, """
+        import os, sys, posix_ipc
         os.umask(0)
-        taken = 0
-        end = time.monotonic() + 25
-        while time.monotonic() < end:
-            for n in os.listdir("/dev/shm"):
-                if n.startswith("chjoin-{victim.uid}-"):
-                    try:
-                        posix_ipc.Semaphore("/" + n, posix_ipc.O_CREX, mode=0o666).close()
-                        taken += 1
-                    except posix_ipc.ExistentialError:
-                        pass
-        print(taken)
-        """)], stdout=subprocess.PIPE, text=True, **attacker.identity_kwargs())
+        posix_ipc.Semaphore("/" + sys.argv[1], posix_ipc.O_CREX, mode=0o666).close()
+        """, record)
+    os.kill(first.pid, signal.SIGCONT)
     try:
-        groups = [victim.group(["--join-ct=4", f"--join-tag=race{i}", image, *WHICH], [{}] * 4,
-                               timeout=30) for i in range(5)]
+        others = victim.group(args[1:], [{}] * 2, timeout=30)
+        out, err = first.communicate(timeout=30)
     finally:
-        watch.kill()
-        watch.communicate()
-        for n in os.listdir("/dev/shm"):
-            if n.startswith(f"sem.chjoin-{victim.uid}-") and \
-                    os.lstat(f"/dev/shm/{n}").st_uid == attacker.uid:
-                os.unlink(f"/dev/shm/{n}")
-    for group in groups:
-        assert group.returncodes == [0] * 4, [r.stderr for r in group.ranks if r.returncode]
-        assert len({r.stdout for r in group.ranks}) == 1
+        os.unlink(f"/dev/shm/sem.{record}")
+    assert first.returncode == 0, err
+    assert others.returncodes == [0, 0], [r.stderr for r in others.ranks]
+    assert len({out} | {r.stdout for r in others.ranks}) == 1
+    assert f"another user holds this group's name; this rank polls the record instead" in err
     assert victims_objects(victim) == []
