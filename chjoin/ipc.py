@@ -282,12 +282,12 @@ def _stop(tag, signum):
                  "container was ready", 128 + signum)
 
 
-def open_objects(names, tag, deadline, log):
-    """The objects of the first of the tag's `names` that no other user holds; the last one's
-    error if every one is taken."""
-    for i, name in enumerate(names):
+def open_objects(names, start, tag, deadline, log):
+    """(objects, index) of the first of the tag's `names` from `start` on whose record no
+    other user holds; the last one's error if every one is taken."""
+    for i in range(start, len(names)):
         try:
-            return Objects(name, tag, deadline)
+            return Objects(names[i], tag, deadline), i
         except Taken as e:
             if i + 1 == len(names):
                 raise Fatal(f"{e} (and the {i} names before it)" if i else str(e)) from None
@@ -302,15 +302,13 @@ def arrive(tag, expected, terms, timeout, log, names):
     deadline = arrived + timeout
     me = [os.getpid(), WAITING, ns.start_time(os.getpid())]
     terms = stored_terms(terms)
-    warned = []
+    warned, start = [], 0
     while True:
         checkpoint("any", "arrive")
-        objects = open_objects(names, tag, deadline, log)
-        if names[0] != objects.name or isinstance(objects.sem, _NoSemaphore):
-            names = names[names.index(objects.name):]
-            if isinstance(objects.sem, _NoSemaphore) and not warned:
-                warned.append(objects.sem.reason)
-                log.warning(f"{objects.sem.reason}; this rank polls the record instead")
+        objects, start = open_objects(names, start, tag, deadline, log)
+        if isinstance(objects.sem, _NoSemaphore) and not warned:
+            warned.append(objects.sem.reason)
+            log.warning(f"{objects.sem.reason}; this rank polls the record instead")
         try:
             checkpoint("any", "locked")
             groups = objects.read() or []

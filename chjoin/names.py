@@ -52,11 +52,29 @@ def keyed_name(uid, tag, key, attempt=0):
     return f"/chjoin-{uid}-{blake2b(text, digest_size=DIGEST_SIZE, key=key).hexdigest()}"
 
 
+class Names:
+    """The names a rank of `tag` tries, in order: `TRIES` keyed ones, or (no key) the plain
+    one; a sequence that computes each only when asked (a rank nearly always needs one)."""
+
+    def __init__(self, uid, tag, key):
+        self.uid, self.tag, self.key = uid, tag, key
+        self._made = {}
+
+    def __len__(self):
+        return 1 if self.key is None else TRIES
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if i not in self._made:
+            self._made[i] = (plain_name(self.uid, self.tag) if self.key is None
+                             else keyed_name(self.uid, self.tag, self.key, i))
+        return self._made[i]
+
+
 def names(uid, tag, key):
-    """The names a rank of `tag` tries, in order: `TRIES` keyed ones, or (no key) the plain."""
-    if key is None:
-        return [plain_name(uid, tag)]
-    return [keyed_name(uid, tag, key, i) for i in range(TRIES)]
+    """`Names(uid, tag, key)`: the names a rank of `tag` tries, in order."""
+    return Names(uid, tag, key)
 
 
 def places(environ):
@@ -84,12 +102,18 @@ def _private_dir(base, parts, uid, runtime):
     for part in parts:
         path = f"{base}/{part}"
         try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
+            st = os.lstat(path)
+        except FileNotFoundError:
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise NoKey(f"can't make {path}: {e.strerror}") from None
+            st = None
         except OSError as e:
-            raise NoKey(f"can't make {path}: {e.strerror}") from None
-        problem = owner.entry_problem(path, uid, root_ok=False, sticky_ok=False)
+            raise NoKey(f"{path}: {e.strerror}") from None
+        problem = owner.entry_problem(path, uid, st, root_ok=False, sticky_ok=False)
         if problem:
             raise NoKey(problem)
     return f"{base}/{parts[-1]}"

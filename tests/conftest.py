@@ -161,7 +161,8 @@ class Runner:
         so with its key (keyed names) or without one (the plain name)."""
         code = ("import os, sys\nfrom chjoin import names\n"
                 "key, _ = names.load_key(os.environ, os.geteuid())\n"
-                "print(' '.join(n[1:] for n in names.names(os.geteuid(), sys.argv[1], key)))")
+                "found = names.names(os.geteuid(), sys.argv[1], key)\n"
+                "print(' '.join(found[i][1:] for i in range(len(found))))")
         python = Path(self.chjoin).parent / "python"
         done = subprocess.run([str(python), "-I", "-c", code, tag], capture_output=True,
                               text=True, env=self.env(env), cwd="/", check=True,

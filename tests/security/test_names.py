@@ -148,7 +148,8 @@ def test_the_names_are_not_the_plain_ones_nor_computable_without_the_key(victim,
         import os
         for home, uid in ((sys.argv[2], int(sys.argv[1])), (os.environ["HOME"], os.getuid())):
             key, _ = names.load_key({"HOME": home}, uid)
-            print(" ".join(n[1:] for n in names.names(int(sys.argv[1]), "squat", key)))
+            found = names.names(int(sys.argv[1]), "squat", key)
+            print(" ".join(found[i][1:] for i in range(len(found))))
         """, victim.uid, victim.home).split()
     assert not set(guessed) & set(names)
 
