@@ -63,16 +63,21 @@ def storage_name(ref):
 def storage_problem(storage, name, uid):
     """(path, problem): the directory of image `name` in `storage`, and why another user than
     `uid` (or root) could have made or changed it ("" if nobody could): the storage directory,
-    its `img/` and the entry must be theirs, not writable by others and no symlinks, and the
-    directories above the storage directory too (`owner`)."""
+    its `img/` and the entry must be theirs, not writable by others, and the directories above
+    the storage directory too (`owner`); `img/` is no symlink; an entry that is one (made by
+    the owner of `img/`, who alone can) leads to a directory checked the same way."""
     from chjoin import owner
 
     real = os.path.realpath(storage)
     img = f"{real}/img"
     entry = f"{img}/{name}"
-    return entry, (owner.dir_problem(real, uid)
-                   or owner.entry_problem(img, uid, sticky_ok=False)
-                   or owner.entry_problem(entry, uid, sticky_ok=False))
+    problem = (owner.dir_problem(real, uid) or owner.entry_problem(img, uid, sticky_ok=False))
+    if problem:
+        return entry, problem
+    if os.path.islink(entry):
+        entry = os.path.realpath(entry)
+        return entry, owner.dir_problem(entry, uid)
+    return entry, owner.entry_problem(entry, uid, sticky_ok=False)
 
 
 def find(ref, storage, unsafe=False, warn=None, distrust=None):

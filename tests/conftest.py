@@ -104,6 +104,9 @@ def host_image():
     shutil.rmtree(base, ignore_errors=True)
 
 
+_shm_names = {}      # (uid, tag, environment): the names, which stay while the key does
+
+
 class Runner:
     """Runs chjoin as one identity: "root", the unprivileged test "user", or the "attacker", a
     second unprivileged user (tests/security: a hostile neighbour of the test user)."""
@@ -163,11 +166,16 @@ class Runner:
                 "key, _ = names.load_key(os.environ, os.geteuid())\n"
                 "found = names.names(os.geteuid(), sys.argv[1], key)\n"
                 "print(' '.join(found[i][1:] for i in range(len(found))))")
+        cached = _shm_names.get((self.uid, tag, repr(sorted(self.env(env).items()))))
+        if cached:
+            return cached
         python = Path(self.chjoin).parent / "python"
         done = subprocess.run([str(python), "-I", "-c", code, tag], capture_output=True,
                               text=True, env=self.env(env), cwd="/", check=True,
                               **self.identity_kwargs())
-        return done.stdout.split()
+        found = _shm_names[(self.uid, tag, repr(sorted(self.env(env).items())))] = \
+            done.stdout.split()
+        return found
 
     def shm_name(self, tag, env=None):
         """The /dev/shm name (no leading `/`) of `tag`'s record, as this identity's ranks make
