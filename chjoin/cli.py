@@ -339,7 +339,8 @@ def find_image(image_ref, o, user_name, environ, log):
     if storage is not None and not os.path.exists(storage):
         log.warning(f"storage directory not found: {storage}")
     found = imagemod.find(image_ref, storage or imagemod.default_storage(environ, user_name),
-                          bool(o["unsafe"]), log.warning if storage is None else None)
+                          bool(o["unsafe"]), log.warning if storage is None else None,
+                          log.warning)
     if found.by_name and o["write"] and not o["unsafe"]:
         raise Fatal("--write invalid when running by name")
     return found

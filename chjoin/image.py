@@ -60,15 +60,41 @@ def storage_name(ref):
     return ref.replace("/", "%").replace(":", "+")
 
 
-def find(ref, storage, unsafe=False, warn=None):
+def storage_problem(storage, name, uid):
+    """(path, problem): the directory of image `name` in `storage`, and why another user than
+    `uid` (or root) could have made or changed it ("" if nobody could): the storage directory,
+    its `img/` and the entry must be theirs, not writable by others, and the directories above
+    the storage directory too (`owned`); `img/` is no symlink; an entry that is one (made by
+    the owner of `img/`, who alone can) leads to a directory checked the same way."""
+    from chjoin import owned
+
+    real = os.path.realpath(storage)
+    img = f"{real}/img"
+    entry = f"{img}/{name}"
+    problem = (owned.dir_problem(real, uid) or owned.entry_problem(img, uid, sticky_ok=False))
+    if problem:
+        return entry, problem
+    if os.path.islink(entry):
+        entry = os.path.realpath(entry)
+        return entry, owned.dir_problem(entry, uid)
+    return entry, owned.entry_problem(entry, uid, sticky_ok=False)
+
+
+def find(ref, storage, unsafe=False, warn=None, distrust=None):
     """The image that `ref` names, or a `Fatal` saying why it names none. `unsafe` (--unsafe)
     allows a directory inside the storage directory; `warn(message)`, when given, is told that
-    a storage directory that does not exist was searched for a name that is no path either."""
+    a storage directory that does not exist was searched for a name that is no path either.
+    A name is looked up in storage only if the storage is this user's own (`storage_problem`):
+    otherwise `distrust(message)` is told, and `ref` is taken as a path."""
     if not ref:
         raise Fatal("can't find image: empty name")
     named = os.path.join(storage, "img", storage_name(ref))
     if os.path.isdir(named):
-        return Image(os.path.realpath(named), by_name=True)
+        entry, problem = storage_problem(storage, storage_name(ref), os.geteuid())
+        if not problem:
+            return Image(entry, by_name=True)
+        if distrust is not None:
+            distrust(f"image {ref} not run from storage: {problem}; taking it as a path")
     try:
         is_dir = stat.S_ISDIR(os.stat(ref).st_mode)
     except OSError as e:
@@ -159,12 +185,7 @@ class SquashDaemon:
         problem = fuse_problem()
         if problem:
             raise _squash_error(f"can't mount SquashFS image {image}: {problem}")
-        try:
-            os.makedirs(mount_dir, exist_ok=True)
-        except OSError as e:
-            reason = "Not a directory" if os.path.lexists(mount_dir) else e.strerror
-            raise _squash_error(f"can't make SquashFS mount point {mount_dir}: "
-                                f"{reason}") from None
+        make_mount_point(mount_dir, os.geteuid())
         image_fd = self._open_image()
         try:
             self.socket, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
@@ -247,6 +268,44 @@ class SquashDaemon:
             text += chunk
         lines = [line.strip() for line in text.decode(errors="replace").splitlines()]
         return next((line for line in lines if line), "")
+
+
+def make_mount_point(mount_dir, uid):
+    """Make the SquashFS mount point `mount_dir` where missing (0755, each directory), once the
+    directories above it are known to be `uid`'s or root's and writable by nobody else; then
+    check it too. A `Fatal` (exit 84) names a directory another user controls, and its owner:
+    they could make the container's root their own tree."""
+    from chjoin import owned
+
+    missing, existing = [], mount_dir
+    while not os.path.lexists(existing):
+        missing.append(existing)
+        existing = os.path.dirname(existing)
+    problem = owned.parents_problem(f"{existing}/-", uid) if missing else ""
+    if problem:
+        raise _squash_error(f"can't make SquashFS mount point {mount_dir}: {problem}")
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            reason = "Not a directory" if e.errno == 20 else e.strerror
+            raise _squash_error(f"can't make SquashFS mount point {mount_dir}: "
+                                f"{reason}") from None
+    problem = owned.parents_problem(mount_dir, uid)
+    if not problem:
+        try:
+            st = os.stat(mount_dir)
+        except OSError as e:
+            raise _squash_error(f"can't make SquashFS mount point {mount_dir}: "
+                                f"{e.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise _squash_error(f"can't make SquashFS mount point {mount_dir}: Not a directory")
+        real = os.path.realpath(mount_dir)      # a symlink: what it leads to, checked alike
+        problem = owned.parents_problem(real, uid) or owned.entry_problem(real, uid)
+    if problem:
+        raise _squash_error(f"can't use SquashFS mount point {mount_dir}: {problem}")
 
 
 def _spawn_helper(program, image_fd, socket_fd, stderr_fd):

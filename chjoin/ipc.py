@@ -1,7 +1,11 @@
 """The rendezvous: the first rank of a group builds the container, the others enter it.
 
 Two objects per user and tag, both created 0600 and owner-checked: a shared-memory record
-`/dev/shm/chjoin-<uid>-<tag>` and a semaphore `/dev/shm/sem.chjoin-<uid>-<tag>`.
+`/dev/shm/chjoin-<uid>-<hex>` and a semaphore `/dev/shm/sem.chjoin-<uid>-<hex>`, under a name no
+other user can compute (`chjoin.names`). A record name that another user holds anyway (seen in
+/dev/shm and taken after our group ended) is skipped: every rank walks the tag's names in one order
+and meets the others at the first whose record is free or ours. A semaphore taken by another user
+(made the moment our record appeared) is not used: the ranks poll the record instead.
 
 The record (its layout and bounded parse: `chjoin.record`) holds the tag and a small table of
 the tag's *groups* (at most `MAX_GROUPS` at once). A group is one
@@ -43,16 +47,6 @@ TICK = 0.1            # seconds between re-reads of the record while waiting, an
 GRACE = 2.0           # seconds past its deadline that a holder waits for ranks still joining
 _NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGHUP: "SIGHUP"}
 _DEFERRED = set(_NAMES)   # leave the group when received; held off while the lock is held
-
-
-def object_name(uid, tag):
-    """`/chjoin-<uid>-<tag>`, with the tag kept to characters every POSIX IPC name allows;
-    a tag that had to change, or is long, gets a digest so that different tags never meet."""
-    safe = "".join(c if c.isalnum() or c in "._-@+" else "_" for c in tag)
-    if safe != tag or len(safe) > 64:
-        import hashlib
-        safe = f"{safe[:40]}~{hashlib.sha256(tag.encode()).hexdigest()[:16]}"
-    return f"/chjoin-{uid}-{safe}"
 
 
 def difference(g, expected, terms):
@@ -99,6 +93,26 @@ def is_open(g, now):
     return g.state in (SETUP, READY) and len(g.slots) < g.expected and now < g.deadline
 
 
+class Taken(Fatal):
+    """Another user holds (an object under) this name: the next name of the tag is tried."""
+
+
+class _NoSemaphore:
+    """Stands in for a semaphore that another user made under our record's name (seen the
+    moment our record appeared): it only ever woke waiters, so they poll the record instead."""
+
+    POLL = 0.01
+
+    def __init__(self, reason):
+        self.reason = reason
+
+    def release(self):
+        pass
+
+    def acquire(self, timeout):
+        time.sleep(min(timeout, self.POLL))
+
+
 class LockTimeout(Fatal):
     """The record's lock stayed taken (by a process stopped while holding it) past a deadline."""
 
@@ -117,28 +131,38 @@ class Objects:
         if os.fstat(self.fd).st_size < SIZE:
             os.ftruncate(self.fd, SIZE)
         self.map = mmap.mmap(self.fd, SIZE)
-        self.sem = self._open_semaphore()
+        checkpoint("any", "record")      # the record is there, its semaphore not yet
+        try:
+            self.sem = self._open_semaphore()
+        except Taken as e:
+            self.sem = _NoSemaphore(str(e))
 
     def _open_record(self):
         try:
             fd = posix_ipc.SharedMemory(self.name, posix_ipc.O_CREAT, mode=0o600).fd
         except posix_ipc.Error as e:
-            raise Fatal(self._foreign(self.path, e)) from None
+            raise Taken(self._foreign(self.path, e)) from None
         st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            raise Fatal(self._foreign(self.path, None))
+            raise Taken(self._foreign(self.path, None))
         return fd
 
     def _open_semaphore(self):
         path = f"/dev/shm/sem.{self.name[1:]}"
         try:
+            if os.lstat(path).st_uid != os.geteuid():      # not even mapped
+                raise Taken(self._foreign(path, None))
+        except FileNotFoundError:
+            pass
+        try:
             sem = posix_ipc.Semaphore(self.name, posix_ipc.O_CREAT, mode=0o600, initial_value=0)
         except posix_ipc.Error as e:
-            raise Fatal(self._foreign(path, e)) from None
-        st = os.stat(path)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            raise Fatal(self._foreign(path, None))
+            raise Taken(self._foreign(path, e)) from None
+        st = os.lstat(path)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
+            sem.close()
+            raise Taken(self._foreign(path, None))
         return sem
 
     @staticmethod
@@ -204,7 +228,10 @@ class Objects:
             raise Fatal(f"join: {e}") from None
         if groups:
             return
-        for unlink in (posix_ipc.unlink_semaphore, posix_ipc.unlink_shared_memory):
+        unlinks = [posix_ipc.unlink_shared_memory]
+        if not isinstance(self.sem, _NoSemaphore):
+            unlinks.insert(0, posix_ipc.unlink_semaphore)
+        for unlink in unlinks:
             try:
                 unlink(self.name)
             except posix_ipc.ExistentialError:
@@ -258,18 +285,33 @@ def _stop(tag, signum):
                  "container was ready", 128 + signum)
 
 
-def arrive(tag, expected, terms, timeout, log):
-    """Enter the tag's open group that has our size and terms, or start one as its winner.
-    Waits (up to `timeout` seconds) only when the tag has `MAX_GROUPS` groups already.
-    Returns a `Member`."""
-    name = object_name(os.geteuid(), tag)
+def open_objects(names, start, tag, deadline, log):
+    """(objects, index) of the first of the tag's `names` from `start` on whose record no
+    other user holds; the last one's error if every one is taken."""
+    for i in range(start, len(names)):
+        try:
+            return Objects(names[i], tag, deadline), i
+        except Taken as e:
+            if i + 1 == len(names):
+                raise Fatal(f"{e} (and the {i} names before it)" if i else str(e)) from None
+            log.warning(f"{e}; trying the next name")
+
+
+def arrive(tag, expected, terms, timeout, log, names):
+    """Enter the tag's open group that has our size and terms, or start one as its winner,
+    under the first of `names` (`chjoin.names`) that is ours. Waits (up to `timeout` seconds)
+    only when the tag has `MAX_GROUPS` groups already. Returns a `Member`."""
     arrived = time.monotonic()
     deadline = arrived + timeout
     me = [os.getpid(), WAITING, ns.start_time(os.getpid())]
     terms = stored_terms(terms)
+    warned, start = [], 0
     while True:
         checkpoint("any", "arrive")
-        objects = Objects(name, tag, deadline)
+        objects, start = open_objects(names, start, tag, deadline, log)
+        if isinstance(objects.sem, _NoSemaphore) and not warned:
+            warned.append(objects.sem.reason)
+            log.warning(f"{objects.sem.reason}; this rank polls the record instead")
         try:
             checkpoint("any", "locked")
             groups = objects.read() or []

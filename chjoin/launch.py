@@ -81,7 +81,8 @@ def join(launch, log):
     from chjoin import ipc
 
     ipc.stop_on_signals(group.tag)
-    member = ipc.arrive(group.tag, group.count, launch.join_terms(), launch.join_timeout, log)
+    member = ipc.arrive(group.tag, group.count, launch.join_terms(), launch.join_timeout, log,
+                        rendezvous_names(group.tag, launch.environ, log))
     clock.done("wait")
     if member.winner:
         clock.role = "winner"
@@ -114,6 +115,22 @@ def join(launch, log):
     if member.inside():
         member.adopt(ns.spawn_holder(member.hold, clock))
     clock.done("join")
+
+
+def rendezvous_names(tag, environ, log):
+    """The names the group of `tag` meets under: keyed where this user has a private place for
+    the key, else the plain ones (`chjoin.names`), with a -v line saying which."""
+    from chjoin import names
+
+    uid = os.geteuid()
+    key, where = names.load_key(environ, uid)
+    if key is None:
+        log.info(f"join: no private place for the key of the rendezvous names ({where}): using "
+                 f"the plain name {names.plain_name(uid, tag)}, which another user can take "
+                 "first")
+    else:
+        log.info(f"join: rendezvous names keyed by {where}")
+    return names.names(uid, tag, key)
 
 
 def exec_command(cmd, environment, cwd, verbosity, libc, clock, closed_stdio=()):

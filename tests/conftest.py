@@ -104,6 +104,9 @@ def host_image():
     shutil.rmtree(base, ignore_errors=True)
 
 
+_shm_names = {}      # (uid, tag, environment): the names, which stay while the key does
+
+
 class Runner:
     """Runs chjoin as one identity: "root", the unprivileged test "user", or the "attacker", a
     second unprivileged user (tests/security: a hostile neighbour of the test user)."""
@@ -154,6 +157,30 @@ class Runner:
                               cwd="/", **self.identity_kwargs())
         assert done.returncode == 0, done.stderr
         return Group(json.loads(done.stdout))
+
+    def shm_names(self, tag, env=None):
+        """The /dev/shm names (no leading `/`) a --join rank of this identity, with `env` as in
+        `run`, tries for `tag`, in order: computed by chjoin's own code run as this identity,
+        so with its key (keyed names) or without one (the plain name)."""
+        code = ("import os, sys\nfrom chjoin import names\n"
+                "key, _ = names.load_key(os.environ, os.geteuid())\n"
+                "found = names.names(os.geteuid(), sys.argv[1], key)\n"
+                "print(' '.join(found[i][1:] for i in range(len(found))))")
+        cached = _shm_names.get((self.uid, tag, repr(sorted(self.env(env).items()))))
+        if cached:
+            return cached
+        python = Path(self.chjoin).parent / "python"
+        done = subprocess.run([str(python), "-I", "-c", code, tag], capture_output=True,
+                              text=True, env=self.env(env), cwd="/", check=True,
+                              **self.identity_kwargs())
+        found = _shm_names[(self.uid, tag, repr(sorted(self.env(env).items())))] = \
+            done.stdout.split()
+        return found
+
+    def shm_name(self, tag, env=None):
+        """The /dev/shm name (no leading `/`) of `tag`'s record, as this identity's ranks make
+        it (`shm_names`' first); its semaphore is `sem.` and this."""
+        return self.shm_names(tag, env)[0]
 
     def own(self, path):
         """Give `path` (recursively) to this identity."""

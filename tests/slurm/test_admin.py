@@ -39,7 +39,7 @@ def test_epilog_removes_what_a_killed_job_left(cluster, as_user, image):
     subprocess.run(["scancel", "-s", "KILL", f"{job_id}.0"], check=True)
     wait_job(job_id)
     cluster.idle()
-    name = f"/dev/shm/chjoin-{as_user.uid}-slurm.{job_id}.0"
+    name = f"/dev/shm/{as_user.shm_name(f'slurm.{job_id}.0')}"
     lines = log_lines(job_id)
     assert any(line.endswith(f"epilog: job {job_id} on {node}: killed holder pid {holder}")
                for line in lines), lines

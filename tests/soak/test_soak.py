@@ -80,15 +80,15 @@ def run_round(runner, image, s):
 
 
 def names_of(runner, tag):
-    return sorted(n for n in os.listdir("/dev/shm")
-                  if n in (f"chjoin-{runner.uid}-{tag}", f"sem.chjoin-{runner.uid}-{tag}"))
+    name = runner.shm_name(tag)
+    return sorted(n for n in os.listdir("/dev/shm") if n in (name, f"sem.{name}"))
 
 
 def describe(runner, tag):
     """The groups in the tag's record, for a failure message: what each still waits for."""
     from chjoin import ns, record
     try:
-        with open(f"/dev/shm/chjoin-{runner.uid}-{tag}", "rb") as f:
+        with open(f"/dev/shm/{runner.shm_name(tag)}", "rb") as f:
             groups = record.parse(f.read())[1]
     except (OSError, record.Corrupt) as e:
         return str(e)

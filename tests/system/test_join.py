@@ -372,26 +372,55 @@ def test_two_slurm_jobs_with_the_same_step_number_stay_apart(as_user, image, sec
     assert_clean(as_user, group)
 
 
-def test_names_squatted_by_another_user_are_a_clear_error(as_user, image):
-    """ch-run defect 4: another user creates the group's names first."""
+def squat(names, squatter):
+    """Another user's empty 0666 files under each of `names` and their semaphores'."""
+    made = []
+    for name in names:
+        for path in (f"/dev/shm/{name}", f"/dev/shm/sem.{name}"):
+            with open(path, "w"):
+                pass
+            os.chown(path, squatter, squatter)
+            os.chmod(path, 0o666)
+            made.append(path)
+    return made
+
+
+def test_a_name_squatted_by_another_user_is_skipped(as_user, image):
+    """ch-run defect 4: another user creates the group's names first (here the first keyed one,
+    as if seen in /dev/shm during an earlier group): the ranks meet under the next one."""
     squatter = 1 if as_user.uid != 1 else 2          # daemon or bin: someone else
-    for name in (f"chjoin-{as_user.uid}-squat", f"sem.chjoin-{as_user.uid}-squat"):
-        path = f"/dev/shm/{name}"
-        with open(path, "w"):
-            pass
-        os.chown(path, squatter, squatter)
-        os.chmod(path, 0o666)
+    names = as_user.shm_names("squat")
+    made = squat(names[:1], squatter)
+    try:
+        group = as_user.group(["--join-ct=2", "--join-tag=squat", image, *WHICH], ranks(2),
+                              timeout=20)
+    finally:
+        for path in made:
+            os.unlink(path)
+    assert group.returncodes == [0, 0], [r.stderr for r in group.ranks]
+    assert len(containers(group)) == 1
+    assert_clean(as_user, group)
+
+
+def test_every_name_squatted_is_a_clear_error(as_user, image):
+    """A user whose every name is taken (the plain one where there is no key) fails at once
+    with one line naming the object and its owner, never a hang."""
+    squatter = 1 if as_user.uid != 1 else 2
+    names = as_user.shm_names("squat")
+    made = squat(names, squatter)
     try:
         group = as_user.group(["--join-ct=2", "--join-tag=squat", image, "--", "true"], ranks(2),
                               timeout=20)
     finally:
-        for name in ("chjoin", "sem.chjoin"):
-            os.unlink(f"/dev/shm/{name}-{as_user.uid}-squat")
+        for path in made:
+            os.unlink(path)
     assert group.returncodes == [31, 31]
     for r in group.ranks:
-        assert re.fullmatch(rf"chjoin\[\d+\]: error: join: can't use /dev/shm/chjoin-"
-                            rf"{as_user.uid}-squat: owned by uid {squatter}, mode 666; another "
-                            r"user holds this group's name\n", r.stderr), r.stderr
+        error = [line for line in r.stderr.splitlines() if "error" in line]
+        assert len(error) == 1, r.stderr
+        assert re.fullmatch(rf"chjoin\[\d+\]: error: join: can't use /dev/shm/{names[-1]}: owned "
+                            rf"by uid {squatter}, mode 666; another user holds this group's name"
+                            rf" \(and the {len(names) - 1} names before it\)", error[0]), r.stderr
 
 
 def test_join_pid_enters_a_running_container(as_user, image):
