@@ -331,7 +331,7 @@ def env_ops(tokens):
                             if t == "--" or not t.startswith("--")), len(tokens))]
     expand = "--env-no-expand" not in options
     for token in options:
-        if not token.startswith(_ENV_OPTIONS):
+        if token == "--env-no-expand" or not token.startswith(_ENV_OPTIONS):
             continue
         name, _, value = token[2:].partition("=")
         if not value:
