@@ -88,3 +88,7 @@ def test_every_jump_is_forward_and_within_reach():
         if code == 0x05:
             assert pc + 1 + k < len(PROGRAM)
     assert PROGRAM[-1] == (0x06, 0, 0, FAKE)
+
+
+def test_the_precomputed_program_is_the_one_the_table_builds():
+    assert seccomp.program() == seccomp.build()
