@@ -525,11 +525,16 @@ def main(argv=None):
 def exit_failed(e, clock):
     """End a failed launch as ch-run does: its timings, one error line (a `Fatal`'s message, or
     an unexpected `OSError`'s), the warnings printed so far again, and the exit code."""
+    from chjoin import log
+
     clock.report(failed=True)
     if isinstance(e, Fatal):
         error(str(e))
     else:
         error(f"{e.strerror or e}{': ' + e.filename if e.filename else ''}")
+    if log.abort_fatal():        # --abort-fatal: as ch-run, abort(3) before any exit handler
+        flush_stdio()
+        os.abort()
     warnings_reprint()
     flush_stdio()
     sys.exit(e.code if isinstance(e, Fatal) else EXIT_ERROR)

@@ -126,7 +126,7 @@ def join(launch, group, log):
         log.info(f"join: won: building the container for {group.count} ranks")
         try:
             build(launch, log)
-            holder = ns.spawn_holder(member.hold, clock)
+            holder = ns.spawn_holder(member.hold, clock, ipc.SIGNALS)
             clock.done("namespaces")
             member.publish(holder, ns.inodes())
         except BaseException as e:
@@ -149,7 +149,7 @@ def join(launch, group, log):
         raise
     log.info(f"join: joined the container of winner pid {ready.slots[0][0]} through pid {pid}")
     if member.inside():
-        member.adopt(ns.spawn_holder(member.hold, clock))
+        member.adopt(ns.spawn_holder(member.hold, clock, ipc.SIGNALS))
     clock.done("join")
 
 

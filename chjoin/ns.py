@@ -161,14 +161,25 @@ def tmpfs_user_xattrs():
 HOLDER_NAME = "chjoin-holder"     # its `comm`, by which slurm/epilog finds what a job left
 
 
-def spawn_holder(hold, clock):
+def spawn_holder(hold, clock, blocked=()):
     """Fork the holder: a process that stays in our namespaces for as long as `hold()` runs. It
     is a grandchild, reparented away from the command we exec, holds no stdio, and reports its
-    `clock` as the holder's. Returns its (pid, start time)."""
+    `clock` as the holder's. Returns its (pid, start time).
+
+    The signals `blocked` are blocked from before the fork until `hold()` unblocks them where
+    it can act on them: a SIGTERM that arrives as the holder starts must end its group, not
+    kill it through a handler it inherited from us."""
+    import _signal as signal
     import struct
 
     read_end, write_end = os.pipe()
-    child = os.fork()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if blocked else None
+    child = -1
+    try:
+        child = os.fork()
+    finally:
+        if mask is not None and child != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if child == 0:
         try:
             os.close(read_end)
