@@ -3,6 +3,8 @@ device "succeed" without effect, a FIFO is really made, and without --seccomp ea
 same in every rank of a joined group, peers included (ch-run 0.45.2 installs it in the winner
 only). Root and the unprivileged test user."""
 
+import os
+
 import pytest
 
 from conftest import HOST_BINDS, world_readable_dir
@@ -97,3 +99,68 @@ def test_seccomp_debug_line_counts_the_program(as_user, image):
 
 def test_feature_seccomp_is_supported(as_user):
     assert as_user.run("--feature=seccomp").returncode == 0
+
+
+# apt-get in a -W container of a Debian image of this host: dpkg sets each file's owner from
+# the package, and an owner the container can't map (uid 5) fails without --seccomp.
+
+@pytest.fixture
+def debian_image(as_user):
+    """A Debian image of this host (tests/conftest.py's host image) that apt and dpkg can run
+    in: the host's dpkg status and apt/dpkg configuration, owned by the identity (as ch-image
+    leaves images), with /usr and /opt bound from the host at run time (HOST_BINDS)."""
+    import shutil
+    import subprocess
+
+    from conftest import build_host_image
+
+    base = world_readable_dir("chjoin-debian-")
+    root = build_host_image(base / "img")
+    for d in ("var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers",
+              "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/log/apt"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy("/var/lib/dpkg/status", root / "var/lib/dpkg/status")
+    (root / "var/lib/dpkg/available").write_text("")
+    shutil.copytree("/etc/apt", root / "etc/apt", dirs_exist_ok=True)
+    shutil.copytree("/etc/dpkg", root / "etc/dpkg", dirs_exist_ok=True)
+    # the package: a file owned by root and one by games (uid 5)
+    pkg = base / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN" / "control").write_text(
+        "Package: chjoin-seccomp-test\nVersion: 1.0\nArchitecture: all\n"
+        "Maintainer: chjoin tests <root@localhost>\nDescription: files of two owners\n")
+    (pkg / "srv" / "chjoin-test").mkdir(parents=True)
+    (pkg / "srv" / "chjoin-test" / "hello").write_text("hello\n")
+    (pkg / "srv" / "chjoin-test" / "games").write_text("games\n")
+    os.chown(pkg / "srv" / "chjoin-test" / "games", 5, 60)
+    debs = base / "debs"
+    debs.mkdir()
+    subprocess.run(["dpkg-deb", "-b", str(pkg), str(debs / "test.deb")], check=True,
+                   capture_output=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    as_user.own(root)
+    yield root, debs
+    shutil.rmtree(base, ignore_errors=True)
+
+
+APT = "apt-get install -y /mnt/test.deb && dpkg -s chjoin-seccomp-test | grep '^Status'"
+
+
+def test_apt_get_installs_a_local_deb_in_a_w_container_under_seccomp(as_user, debian_image):
+    root, debs = debian_image
+    done = as_user.run("-W", "--seccomp", "-u", "0", "-g", "0", *HOST_BINDS, "-b",
+                       f"{debs}:/mnt", root, "--", "sh", "-c",
+                       APT + " && cat /srv/chjoin-test/hello", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Setting up chjoin-seccomp-test (1.0)" in done.stdout
+    assert done.stdout.endswith("Status: install ok installed\nhello\n")
+    assert not (root / "srv").exists()            # -W: the install vanished with the container
+
+
+def test_apt_get_fails_on_the_unmappable_owner_without_seccomp(as_user, debian_image):
+    root, debs = debian_image
+    done = as_user.run("-W", "-u", "0", "-g", "0", *HOST_BINDS, "-b", f"{debs}:/mnt", root,
+                       "--", "sh", "-c", APT, timeout=120)
+    assert done.returncode != 0
+    assert ("error setting ownership of './srv/chjoin-test/games': Invalid argument"
+            in done.stdout + done.stderr)
