@@ -35,7 +35,7 @@ def run(launch, clock, closed_stdio=()):
                            launch.join_tag, launch.join_count)
     report(launch, group, log)
     if launch.join_pid is not None:
-        log.info(f"join: joining namespaces of pid {launch.join_pid}")
+        log.info(f"joining namespaces of pid {launch.join_pid}")
         ns.join_pid(launch.join_pid)
         clock.done("join")
         log.info(f"join: joined the namespaces of pid {launch.join_pid}")
@@ -135,6 +135,9 @@ def join(launch, group, log):
             else:
                 member.failed(f"{type(e).__name__}: {e}")
             raise
+        log.info("join: winner initializing shared data")     # ch-run's lines
+        log.info(f"join: {group.count - 1} peers left excluding myself")
+        log.info("join: done")
         clock.done("join")
         return
     clock.role = "peer"
@@ -143,6 +146,7 @@ def join(launch, group, log):
         ready = member.wait()
         clock.done("wait")
         checkpoint("peer", "join")
+        log.info(f"joining namespaces of pid {ready.slots[0][0]}")    # ch-run's: the winner's
         pid = ns.join(ipc.keepers(ready), ready.inodes, log)
     except BaseException as e:
         member.leave(str(e))
@@ -150,6 +154,7 @@ def join(launch, group, log):
     log.info(f"join: joined the container of winner pid {ready.slots[0][0]} through pid {pid}")
     if member.inside():
         member.adopt(ns.spawn_holder(member.hold, clock, ipc.SIGNALS))
+    log.info("join: done")
     clock.done("join")
 
 

@@ -44,6 +44,16 @@ RESET = "\033[0m"
 _settings = {"color": False, "abort": False}
 
 
+def _program_name():
+    """The name our lines start with: `chjoin`, or `ch-run` when we were run through a link of
+    that name (a drop-in ch-run), as ch-run names itself by how it was invoked."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "ch-run" if invoked == "ch-run" else "chjoin"
+
+
+PROGRAM = _program_name()
+
+
 def set_color(when):
     """--color[=WHEN]: "yes", "no", or "auto" (when stderr is a terminal)."""
     _settings["color"] = when == "yes" or (when == "auto" and os.isatty(2))
@@ -62,7 +72,7 @@ def emit(level, message):
     """Write one message line on stderr; never raises, even with stderr closed. As in ch-run, only
     warnings and errors name their level."""
     prefix = f"{level}: " if level in ("warning", "error") else ""
-    text = f"chjoin[{os.getpid()}]: {prefix}{message}"
+    text = f"{PROGRAM}[{os.getpid()}]: {prefix}{message}"
     if level == "warning":
         _keep_warning(text)
     line = (f"{COLOURS[level]}{text}{RESET}\n" if _settings["color"] and level in COLOURS
@@ -85,7 +95,8 @@ def warnings_reprint():
     header, so that they are not lost above the error. Nothing when there were none."""
     if not _warnings_printed:
         return
-    text = f"chjoin[{os.getpid()}]: warning: reprinting first {len(_warnings_printed)} warning(s)\n"
+    text = (f"{PROGRAM}[{os.getpid()}]: warning: reprinting first {len(_warnings_printed)} "
+            "warning(s)\n")
     if _settings["color"]:
         text, end = COLOURS["warning"] + text, RESET
     else:

@@ -96,7 +96,7 @@ def join(keepers, expected_inodes, log):
         try:
             if not alive(pid, start):
                 continue
-            log.info(f"join: joining namespaces of pid {pid}")
+            log.debug(f"join: entering the container through pid {pid}")
             libc.setns(fd, libc.CLONE_NEWUSER | libc.CLONE_NEWNS)
         except OSError as e:
             if e.errno == 22:

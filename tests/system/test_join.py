@@ -8,6 +8,7 @@ that nothing outlived the ranks, and most then run the next group with the same 
 import os
 import re
 import shutil
+import subprocess
 
 import pytest
 
@@ -79,7 +80,27 @@ def test_verbose_prints_ch_runs_join_lines(as_user, image):
     winner, peer = group.ranks
     assert "join: 1 2 chlines 0\n" in winner.stderr and "join: I won\n" in winner.stderr
     assert "join: I lost\n" in peer.stderr
-    assert re.search(r"join: joining namespaces of pid \d+\n", peer.stderr)
+    assert re.search(r"joining namespaces of pid \d+\n", peer.stderr)
+    winner_pid = re.search(r"^chjoin\[(\d+)\]: join: winner initializing shared data$",
+                           winner.stderr, re.M).group(1)     # as ch-run's join test reads them
+    assert f"joining namespaces of pid {winner_pid}\n" in peer.stderr
+    assert "join: 1 peers left excluding myself\n" in winner.stderr
+    assert "join: done\n" in winner.stderr and "join: done\n" in peer.stderr
+
+
+def test_run_through_a_link_named_ch_run_its_lines_say_ch_run(as_user, image):
+    """A drop-in ch-run (a link of that name to chjoin) names itself as invoked, as ch-run."""
+    link_dir = world_readable_dir("chjoin-link-")
+    try:
+        os.symlink(as_user.chjoin, link_dir / "ch-run")
+        done = subprocess.run([str(link_dir / "ch-run"), "-v", str(image), "--", "true"],
+                              capture_output=True, text=True, env=as_user.env(), cwd="/",
+                              **as_user.identity_kwargs())
+    finally:
+        shutil.rmtree(link_dir, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^ch-run\[\d+\]: join: 0 0 \(null\) 0$", done.stderr, re.M)
+    assert "chjoin[" not in done.stderr
 
 
 def test_container_root_mounts_and_its_peers_see_the_mount(as_user, image):
