@@ -13,7 +13,8 @@ every architecture not listed, goes to the kernel. Per architecture, in ch-run's
     JEQ nr -> FAKE (one per syscall); JEQ mknod -> MKNOD_E; JEQ mknodat -> MKNODAT_E; JA ALLOW
 
 then `ALLOW: RET ALLOW`, the mknod handlers, which load the low word of the mode argument, mask
-S_IFMT and fake S_IFCHR/S_IFBLK only, and last (BPF jumps only forward) `FAKE: RET ERRNO|0`. Where ch-run differs, we fix:
+S_IFMT and fake S_IFCHR/S_IFBLK only, and last (BPF jumps only forward) `FAKE: RET ERRNO|0`.
+Where ch-run differs, we fix:
 
 - **x32.** An x32 process on x86-64 reports AUDIT_ARCH_X86_64 with `nr | __X32_SYSCALL_BIT`
   (0x40000000); every syscall faked here is a "common" one, whose x32 number is exactly that
