@@ -34,6 +34,9 @@ def run(launch, clock, closed_stdio=()):
         group = peers.find(launch.environ, peers.this_process(launch.environ),
                            launch.join_tag, launch.join_count)
     report(launch, group, log)
+    if group:
+        clock.group = (group.tag, group.count)
+        clock.done("discovery")
     if launch.join_pid is not None:
         log.info(f"joining namespaces of pid {launch.join_pid}")
         ns.join_pid(launch.join_pid)
@@ -108,8 +111,6 @@ def join(launch, group, log):
     from chjoin import ns
 
     clock = log.clock
-    clock.group = (group.tag, group.count)
-    clock.done("discovery")
     if group.count == 1:
         log.info("join: a group of one: nobody to wait for")
         clock.role = "winner"
