@@ -1,7 +1,9 @@
-"""What --seccomp costs a rank's start-up: chjoin's own BPF program (build + install + self-test)
-against the same filter made with libseccomp (dlopen, rules, load), each in a fresh forked
-process (a filter can't be removed), with the imports each needs. `python3 docs/seccomp_cost.py
-[N]` prints the medians in ms. Run on an idle machine; needs Debian's libseccomp2."""
+"""What --seccomp costs a rank's start-up: chjoin's own BPF program against the same filter
+made with libseccomp through ctypes, each in a fresh interpreter (a filter can't be
+removed), by phase: load (chjoin.seccomp's import / dlopen of libseccomp.so.2), build (the
+precomputed program / the rules), install (no_new_privs + the filter / seccomp_load), self-test.
+CPU time, so that a busy machine blurs it less. `python3 docs/seccomp_cost.py [N]`; needs
+Debian's libseccomp2. Set SECCOMP_COST_INSTALLED=1 to measure the installed chjoin."""
 
 import ctypes
 import os
@@ -19,12 +21,16 @@ SYSCALLS = ("capset", "chown", "chown32", "fchown", "fchown32", "fchownat", "lch
 ARCHES = (0xC00000B7, 0x40000028, 0x40000003, 0xC0000015, 0x80000016, 0x4000003E)  # + x32
 
 
-def ours():
+def ours(mark):
     from chjoin import libc, seccomp
-
+    mark("load")
+    program = seccomp.program()
+    mark("build")
     libc.no_new_privs()
-    libc.seccomp_filter(seccomp.program())
+    libc.seccomp_filter(program)
+    mark("install")
     assert libc.fake_mknod_works()
+    mark("self-test")
 
 
 class _Cmp(ctypes.Structure):
@@ -32,8 +38,9 @@ class _Cmp(ctypes.Structure):
                 ("b", ctypes.c_uint64)]
 
 
-def libseccomp():
+def libseccomp(mark):
     lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    mark("load")
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
     lib.seccomp_rule_add_exact_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
@@ -54,31 +61,45 @@ def libseccomp():
         for kind in (0o020000, 0o060000):                  # SCMP_CMP_MASKED_EQ = 7
             cmp = _Cmp(arg, 7, 0o170000, kind)
             lib.seccomp_rule_add_array(ctx, fake, nr, 1, ctypes.byref(cmp))
+    mark("build")
     lib.prctl(38, 1, 0, 0, 0)
     assert lib.seccomp_load(ctx) == 0
+    mark("install")
     assert ctypes.CDLL(None).mknodat(-101, b".", 0o20600, ctypes.c_uint64(0x103)) == 0
+    mark("self-test")
 
 
-def measure(function, n):
-    times = []
+def measure(name, n):
+    """Median CPU time (ms) of each phase of `name`'s function, in n fresh interpreters (as a
+    rank pays it: chjoin.libc is loaded already, the rest is not)."""
+    import subprocess
+
+    runs = []
     for _ in range(n):
-        r, w = os.pipe()
-        if os.fork() == 0:
-            t = time.perf_counter()
-            function()
-            os.write(w, repr(time.perf_counter() - t).encode())
-            os._exit(0)
-        os.close(w)
-        times.append(float(os.read(r, 64)))
-        os.close(r)
-        os.wait()
-    return statistics.median(times) * 1000, min(times) * 1000
+        out = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True,
+                             text=True, check=True, env=os.environ).stdout
+        runs.append([float(x) for x in out.split()])
+    phases = [statistics.median(run[i] for run in runs) * 1000 for i in range(len(PHASES))]
+    return phases, statistics.median(sum(run) for run in runs) * 1000
 
+
+def child(name):
+    import struct  # noqa: F401  (a rank has both loaded before --seccomp's part)
+    from chjoin import libc  # noqa: F401
+    marks = [time.process_time()]
+    {"ours": ours, "libseccomp": libseccomp}[name](lambda p: marks.append(time.process_time()))
+    print(" ".join(repr(b - a) for a, b in zip(marks, marks[1:])))
+
+
+PHASES = ("load", "build", "install", "self-test")
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2])
+        sys.exit(0)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-    import struct  # noqa: F401  (both pay for ctypes; chjoin's libc is loaded anyway)
-    from chjoin import libc  # noqa: F401
-    for name, function in (("chjoin BPF", ours), ("libseccomp", libseccomp)):
-        median, best = measure(function, n)
-        print(f"{name:12} median {median:.3f} ms  min {best:.3f} ms  (n={n})")
+    for name in ("ours", "libseccomp"):
+        phases, total = measure(name, n)
+        label = "chjoin BPF" if name == "ours" else name
+        print(f"{label:12} cpu ms, medians of n={n}: total {total:.3f}  " +
+              "  ".join(f"{p} {ms:.3f}" for p, ms in zip(PHASES, phases)))
