@@ -92,3 +92,50 @@ def test_every_jump_is_forward_and_within_reach():
 
 def test_the_precomputed_program_is_the_one_the_table_builds():
     assert seccomp.program() == seccomp.build()
+
+
+def in_child(function):
+    """Run `function` in a forked child (a filter can't be removed): its result, or its
+    exception's text."""
+    import os
+    import pickle
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            result = ("ok", function())
+        except BaseException as e:
+            result = (type(e).__name__, str(e), getattr(e, "code", None))
+        os.write(w, pickle.dumps(result))
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    return pickle.loads(data)
+
+
+def test_the_installed_filter_fakes_and_passes_the_self_test():
+    from chjoin import libc, launch
+    from chjoin.log import Log
+
+    def run():
+        launch.install_seccomp(seccomp.program(), libc, Log())
+        import os
+        os.setgroups([])                      # faked: no EPERM
+        return libc.fake_mknod_works()
+    assert in_child(run) == ("ok", True)
+
+
+def test_a_filter_that_fakes_nothing_fails_the_self_test_with_ch_runs_line():
+    """The self-test is real: a program built for no architecture (every call passes, as on a
+    machine the table does not cover) makes it fail with ch-run 0.45's line and exit 31."""
+    from chjoin import libc, launch
+    from chjoin.log import Log
+
+    result = in_child(lambda: launch.install_seccomp(seccomp.build(()), libc, Log()))
+    assert result == ("Fatal", "seccomp root emulation failed (is your architecture "
+                      "supported?)", 31)
