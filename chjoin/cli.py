@@ -284,8 +284,9 @@ def help_text(width=80):
 
     about = ("Run CMD in an unprivileged container made from IMAGE: a directory, a SquashFS "
              "file, the name of an image in the storage directory, or / (the host's own tree, "
-             "in new namespaces). With --join, the ranks of one launch on one node share one "
-             "container.")
+             "in new namespaces). Without CMD, or with CMD -, the image's ENTRYPOINT and CMD "
+             "(/ch/metadata.json) make the command. With --join, the ranks of one launch on "
+             "one node share one container.")
     lines = [f"Usage: {USAGE}", "", *textwrap.wrap(about, width), ""]
     for name, short, kind, metavar, text in OPTIONS:
         names = f"-{short}, --{name}" if short else f"    --{name}"
