@@ -477,6 +477,9 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
     clock.done("parse")
     found = find_image(image_ref, o, identity.user_name, environ, log)
     squash_mount = squash_mount_of(found, o, identity.user_name, log)
+    newroot = found.path            # ch-run's -v `newroot:`: a SquashFS image's is its -m
+    if squash_mount is not None:
+        newroot = os.path.realpath(o["mount"]) if o["mount"] else "(null)"
     generate_passwd = not o["no-passwd"]
     if found.path == "/":       # the host's root as image
         if write_fake is not None:
@@ -494,6 +497,7 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
     clock.done("image")
     return Launch(image=found.path, image_ref=image_ref, command=tuple(cmd), identity=identity,
                   squash_mount=squash_mount, storage=storage_of(o, identity.user_name, environ),
+                  newroot=newroot,
                   seccomp=bool(o["seccomp"]), fuse_single=bool(o["fuse-single"]),
                   unsafe=bool(o["unsafe"]),
                   binds=binds, cd=o["cd"], write=bool(o["write"]), write_fake=write_fake,

@@ -33,6 +33,7 @@ class Launch(Value):
     identity: Identity
     squash_mount: str | None = None  # a SquashFS image: its mount point (-m); None: a directory
     storage: str = ""                # the storage directory (-s, $CH_IMAGE_STORAGE, default)
+    newroot: str = ""                # what ch-run's -v calls it: the image, or -m (or "(null)")
     unsafe: bool = False             # --unsafe
     binds: tuple = ()
     cd: str | None = None

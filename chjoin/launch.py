@@ -61,7 +61,7 @@ def report(launch, group, log):
     if launch.verbosity < 1:
         return
     ident = launch.identity
-    newroot = launch.squash_mount or launch.image
+    newroot = launch.newroot or launch.squash_mount or launch.image
     join = (f"1 {group.count} {group.tag} 0" if group else
             f"0 0 (null) {launch.join_pid or 0}")
     yes = {True: "yes", False: "no"}
@@ -87,6 +87,8 @@ def build(launch, log):
     if launch.squash_mount is not None:
         from chjoin import image
 
+        if launch.newroot == "(null)":
+            log.info(f"using default mount point: {launch.squash_mount}")    # ch-run's line
         daemon = image.SquashDaemon(launch.image, launch.squash_mount, launch.environ,
                                     launch.fuse_single)
         log.clock.done("squashfs")

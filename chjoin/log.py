@@ -34,7 +34,8 @@ def os_error(what, err):
 
 
 _warnings_printed = []    # this process's warning lines, for warnings_reprint()
-WARNINGS_SIZE = 4096      # ch-run keeps its warnings in a buffer of this size: the first fit
+WARNINGS_SIZE = 4096      # ch-run keeps its warnings in a buffer of this size: the first fit,
+LOCATION_SIZE = 16        # each with its " (ch-run.c:123)": count as many as ch-run would keep
 _warnings_kept = [0]
 
 # --color: ch-run's ANSI colours by level ("info" is chjoin's -v: ch-run's VERBOSE)
@@ -84,7 +85,7 @@ def emit(level, message):
 
 
 def _keep_warning(text):
-    size = len(text.encode(errors="replace")) + 1
+    size = len(text.encode(errors="replace")) + LOCATION_SIZE + 1
     if _warnings_kept[0] + size <= WARNINGS_SIZE:
         _warnings_kept[0] += size
         _warnings_printed.append(text + "\n")

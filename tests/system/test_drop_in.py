@@ -252,3 +252,18 @@ def test_join_pid_of_another_users_process_says_permission_denied(as_user, image
     done = as_user.run("--join-pid=1", image, "--", "true")
     assert done.returncode == 31
     assert lines(done.stderr) == ["error: join: can't open /proc/1/ns/user: Permission denied"]
+
+
+def test_verbose_names_a_squashfs_images_mount_point_as_ch_run_does(as_user, squash_dir):
+    image = squash_dir / "img.sqfs"
+    err = lines(as_user.run("-v", image, "--", "true").stderr)
+    assert "newroot: (null)" in err
+    assert f"using default mount point: /var/tmp/{as_user.name}.ch/mnt" in err
+    mount = world_readable_dir("chjoin-mnt-")
+    try:
+        as_user.own(mount)
+        err = lines(as_user.run("-v", "-m", mount, image, "--", "true").stderr)
+    finally:
+        shutil.rmtree(mount, ignore_errors=True)
+    assert f"newroot: {os.path.realpath(mount)}" in err
+    assert not [line for line in err if line.startswith("using default mount point")]
