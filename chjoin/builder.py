@@ -76,7 +76,11 @@ def parse(image_ref, args):
         if name in REFUSED:
             raise cli.Usage(f"--chjoin-args: --{name}: the plugin already shares one container "
                             "per node")
-        if name in ("help", "version", "feature"):
+        if name == "seccomp":
+            raise cli.Usage("--chjoin-args: --seccomp: not under the SPANK plugin: its tasks "
+                            "are entered and exec'd by slurmstepd, where no per-process filter "
+                            "is installed (use srun chjoin --join --seccomp)")
+        if name in ("help", "usage", "version", "feature", "warnings", "test"):
             raise cli.Usage(f"--chjoin-args: --{name} is no container option")
     options, found, command = cli.parse(tokens)
     if found != image_ref or tuple(command) != PLACEHOLDER[1:]:

@@ -32,6 +32,9 @@ class Launch(Value):
     command: tuple
     identity: Identity
     squash_mount: str | None = None  # a SquashFS image: its mount point (-m); None: a directory
+    storage: str = ""                # the storage directory (-s, $CH_IMAGE_STORAGE, default)
+    newroot: str = ""                # what ch-run's -v calls it: the image, or -m (or "(null)")
+    unsafe: bool = False             # --unsafe
     binds: tuple = ()
     cd: str | None = None
     write: bool = False
@@ -47,6 +50,8 @@ class Launch(Value):
     join_tag: str | None = None      # --join-tag
     join_pid: int | None = None      # --join-pid
     join_timeout: float = 30.0       # --join-timeout, $CHJOIN_JOIN_TIMEOUT
+    fuse_single: bool = False        # --fuse-single: the SquashFS daemon single-threaded
+    seccomp: bool = False            # --seccomp: root emulation, installed in each rank
     timings: str | None = None       # --timings, $CHJOIN_TIMINGS: "stderr", a file, or None
     environ: dict                    # the environment the launch reads
 

@@ -172,7 +172,7 @@ class SquashDaemon:
     """The `squashfuse_ll` of one container: made (helper forked) before `unshare`, then
     `mount()`ed from inside the new mount namespace. See the module's docstring."""
 
-    def __init__(self, image, mount_dir, environ):
+    def __init__(self, image, mount_dir, environ, single_threaded=False):
         """Check everything that can be checked outside, then fork the helper. `image` is the
         real path of the SquashFS file, `mount_dir` the -m directory (created if missing)."""
         import _socket
@@ -191,7 +191,8 @@ class SquashDaemon:
             self.socket, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
             self.stderr, their_stderr = os.pipe()
             try:
-                _spawn_helper(program, image_fd, theirs.fileno(), their_stderr)
+                _spawn_helper(program, image_fd, theirs.fileno(), their_stderr,
+                              single_threaded)
             finally:
                 theirs.close()
                 os.close(their_stderr)
@@ -308,7 +309,7 @@ def make_mount_point(mount_dir, uid):
         raise _squash_error(f"can't use SquashFS mount point {mount_dir}: {problem}")
 
 
-def _spawn_helper(program, image_fd, socket_fd, stderr_fd):
+def _spawn_helper(program, image_fd, socket_fd, stderr_fd, single_threaded=False):
     """Double-fork the daemon's helper in its own session, outside any namespace we make next;
     returns once the intermediate child is reaped (the helper is nobody's child of ours, so the
     command we exec never inherits it)."""
@@ -324,14 +325,14 @@ def _spawn_helper(program, image_fd, socket_fd, stderr_fd):
                 for signum in (*leaving, signal.SIGPIPE):
                     signal.signal(signum, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_SETMASK, ())
-                _helper(program, image_fd, socket_fd, stderr_fd)
+                _helper(program, image_fd, socket_fd, stderr_fd, single_threaded)
         finally:
             os._exit(0)
     os.waitpid(child, 0)
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
-def _helper(program, image_fd, socket_fd, stderr_fd):
+def _helper(program, image_fd, socket_fd, stderr_fd, single_threaded=False):
     """The helper: hold nothing but the socket, the image and the stderr pipe; wait for the
     /dev/fuse descriptor (EOF: the launch failed first, leave) and become the daemon.
 
@@ -363,7 +364,57 @@ def _helper(program, image_fd, socket_fd, stderr_fd):
     os.set_inheritable(fuse, True)
     os.set_inheritable(image_fd, True)
     try:
-        os.execv(program, [program, "-f", f"/dev/fd/{image_fd}", f"/dev/fd/{fuse}"])
+        single = ["-s"] if single_threaded else []     # --fuse-single
+        os.execv(program, [program, "-f", *single, f"/dev/fd/{image_fd}", f"/dev/fd/{fuse}"])
     except OSError as e:
         os.write(2, f"can't exec {program}: {e.strerror}\n".encode())
     os._exit(127)
+
+
+METADATA = "/ch/metadata.json"      # ch-image's record of the image: ENTRYPOINT and CMD too
+
+
+def default_command_reader():
+    """`default_command`, with what it needs imported now, outside the container."""
+    import json  # noqa: F401  (imported here: inside the container our venv is out of sight)
+
+    return default_command
+
+
+def default_command(given, log, metadata=METADATA):
+    """The command when none was given (`chjoin IMG`) or it is `-` (`chjoin IMG -- - ARG...`),
+    read inside the container from the image's /ch/metadata.json as Docker's rules combine
+    ENTRYPOINT and CMD: no command runs ENTRYPOINT + CMD; `-` runs ENTRYPOINT + the ARGs that
+    follow it, or ENTRYPOINT + CMD when none do."""
+    import json
+
+    try:
+        with open(metadata, "rb") as f:
+            data = json.loads(f.read())
+    except OSError as e:
+        raise Fatal(f"no command given and can't read {metadata}: {e.strerror}") from None
+    except ValueError as e:
+        raise Fatal(f"no command given and can't parse {metadata}: {e}") from None
+    command = command_from_metadata(given, data if isinstance(data, dict) else {}, metadata)
+    log.info(f"default command: {' '.join(command)} (from {metadata})")
+    return command
+
+
+def command_from_metadata(given, data, where=METADATA):
+    """Pure: the command `given` (() or ("-", ARG...)) resolved against metadata `data`."""
+    def words(key):
+        value = data.get(key)
+        if value is None:
+            return []
+        if isinstance(value, str):          # the shell form, as ch-image may store it
+            return [*data.get("shell", ["/bin/sh", "-c"]), value]
+        if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+            raise Fatal(f"{where}: {key} must be a list of strings")
+        return value
+
+    entrypoint, cmd = words("entrypoint"), words("cmd")
+    args = list(given[1:])
+    command = entrypoint + (args or cmd)
+    if not command:
+        raise Fatal(f"no command given and the image has no ENTRYPOINT or CMD ({where})")
+    return tuple(command)

@@ -47,6 +47,7 @@ TICK = 0.1            # seconds between re-reads of the record while waiting, an
 GRACE = 2.0           # seconds past its deadline that a holder waits for ranks still joining
 _NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGHUP: "SIGHUP"}
 _DEFERRED = set(_NAMES)   # leave the group when received; held off while the lock is held
+SIGNALS = frozenset(_DEFERRED)
 
 
 def difference(g, expected, terms):
@@ -388,7 +389,11 @@ class Member:
 
     def failed(self, message, code=EXIT_ERROR):
         """The winner could not build the container: every waiting peer fails with `message`
-        and exit code `code`."""
+        and exit code `code`, the winner's own, unless that says "killed by signal N" (128+N):
+        a peer that was never signalled exits 31 then (README, "Exit codes")."""
+        if code >= 128:
+            code = EXIT_ERROR
+
         def change(groups, g):
             g.fail(f"the winner (pid {os.getpid()}) failed: {message}", code)
             self._set_slot(g, GONE)
@@ -484,11 +489,14 @@ class Member:
 
     def hold(self):
         """The holder's life (in its own process, inside the container): check the group each
-        tick until it is over, then end it. Ends it too when told to stop."""
-        self.objects.reopen()
+        tick until it is over, then end it. Ends it too when told to stop, however early: it
+        starts with SIGTERM, SIGINT and SIGHUP blocked (`ns.spawn_holder(blocked=SIGNALS)`),
+        and lets them in only where it can end the group."""
+        self.objects.reopen()           # a lock description of our own first
         checkpoint("holder", "start")
         ready = False
         try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
             while self._hold_tick():
                 if not ready and self.group.state == READY:
                     ready = True

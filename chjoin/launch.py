@@ -16,21 +16,65 @@ def run(launch, clock, closed_stdio=()):
 
     log = Log(launch.verbosity, clock)
     ident = launch.identity
-    log.info(f"image: {launch.image}; container ids {ident.uid}:{ident.gid}")
+    # What runs inside the container must be imported outside it: the image hides our venv.
+    program = None
+    if launch.seccomp:
+        from chjoin import seccomp
+
+        program = seccomp.program()
+    default_command = None
+    if not launch.command or launch.command[0] == "-":
+        from chjoin import image
+
+        default_command = image.default_command_reader()
+    group = None
+    if launch.join:
+        from chjoin import peers
+
+        group = peers.find(launch.environ, peers.this_process(launch.environ),
+                           launch.join_tag, launch.join_count)
+    report(launch, group, log)
+    if group:
+        clock.group = (group.tag, group.count)
+        clock.done("discovery")
     if launch.join_pid is not None:
-        log.info(f"join: joining namespaces of pid {launch.join_pid}")
+        log.info(f"joining namespaces of pid {launch.join_pid}")
         ns.join_pid(launch.join_pid)
         clock.done("join")
         log.info(f"join: joined the namespaces of pid {launch.join_pid}")
     elif launch.join:
-        join(launch, log)
+        join(launch, group, log)
     else:
         build(launch, log)
     home = f"/home/{ident.user_name}" if launch.home else None
     environment = envmod.build(launch.environ, launch.env_ops, home, os.path.isdir("/root"))
     clock.done("environment")
-    exec_command(launch.command, environment, launch.cd or "/", launch.verbosity, libc,
-                 clock, closed_stdio)
+    command = launch.command
+    if default_command:
+        command = default_command(command, log)
+    exec_command(command, environment, launch.cd or "/", launch.verbosity, libc,
+                 clock, closed_stdio, program)
+
+
+def report(launch, group, log):
+    """ch-run 0.45's -v account of the launch, line for line (scripts read `join: ...`)."""
+    if launch.verbosity < 1:
+        return
+    ident = launch.identity
+    newroot = launch.newroot or launch.squash_mount or launch.image
+    join = (f"1 {group.count} {group.tag} 0" if group else
+            f"0 0 (null) {launch.join_pid or 0}")
+    yes = {True: "yes", False: "no"}
+    for line in (f"verbosity: {launch.verbosity}", f"image: {launch.image_ref}",
+                 f"storage: {launch.storage}", f"newroot: {newroot}",
+                 f"container uid: {ident.uid}", f"container gid: {ident.gid}",
+                 f"join: {join}", f"host $TMPDIR: {launch.host_tmp}",
+                 f"private /tmp: {int(launch.private_tmp)}", f"seccomp: {yes[launch.seccomp]}",
+                 f"unsafe: {yes[launch.unsafe]}"):
+        log.info(line)
+    if group:
+        log.info(f"join: peer group tag {group.tag} (from {group.tag_source})")
+        log.info(f"join: peer group size {group.count} (from {group.count_source})")
 
 
 def build(launch, log):
@@ -43,7 +87,10 @@ def build(launch, log):
     if launch.squash_mount is not None:
         from chjoin import image
 
-        daemon = image.SquashDaemon(launch.image, launch.squash_mount, launch.environ)
+        if launch.newroot == "(null)":
+            log.info(f"using default mount point: {launch.squash_mount}")    # ch-run's line
+        daemon = image.SquashDaemon(launch.image, launch.squash_mount, launch.environ,
+                                    launch.fuse_single)
         log.clock.done("squashfs")
     ns.enter_outer(ident.host_uid, ident.host_gid)
     log.clock.done("namespaces")
@@ -59,20 +106,13 @@ def build(launch, log):
     log.clock.done("namespaces")
 
 
-def join(launch, log):
-    """--join: find the group, then build its container (winner) or enter it (peer). No
-    barrier: the winner's command starts as soon as the container is published, a peer's as
-    soon as it is in."""
-    from chjoin import ns, peers
+def join(launch, group, log):
+    """--join: build the `group`'s container (winner) or enter it (peer). No barrier: the
+    winner's command starts as soon as the container is published, a peer's as soon as it is
+    in."""
+    from chjoin import ns
 
     clock = log.clock
-    group = peers.find(launch.environ, peers.this_process(launch.environ), launch.join_tag,
-                       launch.join_count)
-    clock.group = (group.tag, group.count)
-    log.info(f"join: peer group tag {group.tag} (from {group.tag_source})")
-    log.info(f"join: peer group size {group.count} (from {group.count_source})")
-    log.info(f"join: 1 {group.count} {group.tag} 0")       # ch-run's line, which scripts read
-    clock.done("discovery")
     if group.count == 1:
         log.info("join: a group of one: nobody to wait for")
         clock.role = "winner"
@@ -90,7 +130,7 @@ def join(launch, log):
         log.info(f"join: won: building the container for {group.count} ranks")
         try:
             build(launch, log)
-            holder = ns.spawn_holder(member.hold, clock)
+            holder = ns.spawn_holder(member.hold, clock, ipc.SIGNALS)
             clock.done("namespaces")
             member.publish(holder, ns.inodes())
         except BaseException as e:
@@ -99,6 +139,9 @@ def join(launch, log):
             else:
                 member.failed(f"{type(e).__name__}: {e}")
             raise
+        log.info("join: winner initializing shared data")     # ch-run's lines
+        log.info(f"join: {group.count - 1} peers left excluding myself")
+        log.info("join: done")
         clock.done("join")
         return
     clock.role = "peer"
@@ -107,13 +150,15 @@ def join(launch, log):
         ready = member.wait()
         clock.done("wait")
         checkpoint("peer", "join")
+        log.info(f"joining namespaces of pid {ready.slots[0][0]}")    # ch-run's: the winner's
         pid = ns.join(ipc.keepers(ready), ready.inodes, log)
     except BaseException as e:
         member.leave(str(e))
         raise
     log.info(f"join: joined the container of winner pid {ready.slots[0][0]} through pid {pid}")
     if member.inside():
-        member.adopt(ns.spawn_holder(member.hold, clock))
+        member.adopt(ns.spawn_holder(member.hold, clock, ipc.SIGNALS))
+    log.info("join: done")
     clock.done("join")
 
 
@@ -133,9 +178,9 @@ def rendezvous_names(tag, environ, log):
     return names.names(uid, tag, key)
 
 
-def exec_command(cmd, environment, cwd, verbosity, libc, clock, closed_stdio=()):
-    """chdir and PWD, no_new_privs, the timings report, quiet redirections, the launcher's closed
-    stdio closed again, then execvpe with the container's PATH.
+def exec_command(cmd, environment, cwd, verbosity, libc, clock, closed_stdio=(), seccomp=None):
+    """chdir and PWD, no_new_privs, --seccomp's filter, the timings report, quiet redirections,
+    the launcher's closed stdio closed again, then execvpe with the container's PATH.
 
     PWD is the initial directory, set after every environment option (ch-run 0.45); -q sends
     the command's stdout to /dev/null, -qqq also its stderr."""
@@ -149,6 +194,8 @@ def exec_command(cmd, environment, cwd, verbosity, libc, clock, closed_stdio=())
         log.debug(f"environment: {name}={value}")
     log.info(f"executing: {' '.join(cmd)}")
     libc.no_new_privs()
+    if seccomp:
+        install_seccomp(seccomp, libc, log)
     clock.report()
     stderr = os.dup(2)   # close-on-exec: our own error line still shows under -qqq
     for fd, level in ((1, -1), (2, -3)):
@@ -164,6 +211,19 @@ def exec_command(cmd, environment, cwd, verbosity, libc, clock, closed_stdio=())
     except OSError as e:
         os.dup2(stderr, 2)
         raise Fatal(f"can't exec: {cmd[0]}: {e.strerror}", EXIT_EXEC) from None
+
+
+def install_seccomp(program, libc, log):
+    """--seccomp: install the root-emulation filter `program` (chjoin.seccomp) in this process
+    (every rank installs its own: a filter belongs to a thread and what it execs, never to a
+    namespace), then check that it fakes what it should, as ch-run 0.45 checks it."""
+    log.debug(f"seccomp: filter program has {len(program) // 8} instructions")
+    try:
+        libc.seccomp_filter(program)
+    except OSError as e:
+        raise Fatal(f"seccomp: can't install filter: {e.strerror}") from None
+    if not libc.fake_mknod_works():
+        raise Fatal("seccomp root emulation failed (is your architecture supported?)")
 
 
 def execvpe(cmd, environment):

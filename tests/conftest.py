@@ -141,7 +141,7 @@ class Runner:
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
     def group(self, args, ranks, env=None, timeout=60, linger=5, stagger=0, kill_delay=0.3,
-              signals=()):
+              signals=(), stop_signal=9):
         """Start len(`ranks`) copies of `chjoin ARGS` at once as this identity, through
         tests/ranks.py (a launcher like srun); each entry of `ranks` is a dict with optional
         "env", "args" (added after ARGS), "close" (fds), "first" and "at" (a start delay);
@@ -150,7 +150,8 @@ class Runner:
 
         request = {"argv": [self.chjoin, *map(str, args)], "env": self.env(env),
                    "ranks": ranks, "timeout": timeout, "linger": linger, "stagger": stagger,
-                   "kill_delay": kill_delay, "signals": list(signals)}
+                   "kill_delay": kill_delay, "signals": list(signals),
+                   "stop_signal": stop_signal}
         done = subprocess.run([sys.executable, "-c", RANKS.read_text()],
                               input=json.dumps(request),
                               capture_output=True, text=True, timeout=timeout + linger + 30,
@@ -273,6 +274,7 @@ class Group:
         self.holders_signalled = result["holders_signalled"]
         self.killed_holders = result["killed_holders"]
         self.killed = result["killed"]
+        self.terminated = result.get("terminated", [])
         self.reaped_after = result["reaped_after"]
 
     @property

@@ -244,7 +244,8 @@ def test_tasks_see_what_srun_chjoin_join_gives_them(cluster, spank, as_user, ima
     (None, "-b /nonexistent", 31, "can't bind: source not found: /nonexistent"),
     (None, "stray", 64, "--chjoin-args: not an option: stray"),
     (None, "--unset-env='!(A'", 31, "--unset-env: unbalanced parenthesis"),
-], ids=["image", "join", "join-ct", "quote", "option", "bind", "stray", "glob"])
+    (None, "-W --seccomp", 64, "--chjoin-args: --seccomp: not under the SPANK plugin"),
+], ids=["image", "join", "join-ct", "quote", "option", "bind", "stray", "glob", "seccomp"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_failed_build_fails_every_task_with_one_line_per_node(
         cluster, spank, as_user, image, image_ref, args, code, message, layout):

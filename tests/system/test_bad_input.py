@@ -70,7 +70,8 @@ CASES = [
      "^can't exec: no-such-command: No such file or directory$"),
     (["-qqq", "{img}", "--", "no-such-command"], 49, "^can't exec: no-such-command: "),
     (["-W", "/", "--", "true"], 31, "^--write-fake invalid with the host's root as image"),
-    (["{img}"], 64, "missing command"),
+    (["{img}"], 31, "no command given and can't read /ch/metadata.json: No such file or "
+                    "directory"),
     ([], 64, "^missing IMAGE: chjoin \\[OPTIONS\\] IMAGE -- CMD"),
     (["-v"], 64, "^missing IMAGE"),
     (["--no-such-option", "{img}", "--", "true"], 64, "^unknown option: --no-such-option "),

@@ -92,3 +92,15 @@ def test_a_nul_in_the_images_environment_fails_the_build_with_one_line(as_user):
     lines = [l for l in err.splitlines() if re.match(r"chjoin\[\d+\]: error: ", l)]
     assert status == 31 and records == [], err
     assert len(lines) == 1 and "NUL byte: /ch/environment:2" in lines[0], err
+
+
+def test_seccomp_is_refused_with_one_line(as_user, image):
+    """The plugin's tasks are entered by C and exec'd by slurmstepd: no per-process filter
+    can be installed there, so --seccomp is refused before anything is built."""
+    status, err, records = run_builder(as_user, image, "-W --seccomp")
+    lines = [line for line in err.splitlines() if not line.startswith("import time:")]
+    assert status == 64 and records == []
+    assert [re.sub(r"^chjoin\[\d+\]: ", "", line) for line in lines] == [
+        "error: --chjoin-args: --seccomp: not under the SPANK plugin: its tasks are entered "
+        "and exec'd by slurmstepd, where no per-process filter is installed (use srun chjoin "
+        "--join --seccomp)"]

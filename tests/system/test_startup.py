@@ -47,3 +47,14 @@ def test_squashfs_launches_import_nothing_heavy(as_user, squash_dir):
     assert group.returncodes == [0] * 3, [r.stderr for r in group.ranks]
     for rank in group.ranks:
         assert imported(rank.stderr) & (HEAVY | {"socket"}) == set()
+
+
+def test_seccomp_ranks_import_only_the_filter(as_user, image):
+    """--seccomp costs a rank the filter module (its program precomputed) and nothing heavy."""
+    group = as_user.group(["--seccomp", "--join-ct=3", "--join-tag=seclight", image, "--",
+                           "true"], [{}] * 3, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert group.returncodes == [0] * 3, [r.stderr for r in group.ranks]
+    for rank in group.ranks:
+        modules = imported(rank.stderr)
+        assert "chjoin.seccomp" in modules
+        assert modules & HEAVY == set()
