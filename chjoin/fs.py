@@ -93,6 +93,8 @@ def plan(launch):
         ops.append(Bind(launch.host_tmp, "/tmp", create=writable))
     if launch.home is not None:
         ops.append(Bind(launch.home, f"/home/{launch.identity.user_name}", create=True))
+    if launch.devices is not None:     # -d: the specs' binds, before the user's (which win)
+        ops += [Bind(src, dst, create=writable) for src, dst in launch.devices.binds]
     ops += [Bind(b.src, b.dst, create=writable) for b in launch.binds]
     return sorted(ops, key=_depth_key)  # stable: among equal paths, the user's come last
 
