@@ -185,8 +185,8 @@ def _checked_edits(edits, field, base, path):
         guest = mount["containerPath"]
         if not guest.startswith("/"):
             raise Fatal(f"CDI: can't bind relative guest path: {guest}")
-        mount = dict(mount)
-        mount["hostPath"] = os.path.normpath(os.path.join(base, mount["hostPath"]))
+        if is_bind(mount):     # a relative source is the spec's directory's, as in ch-run
+            mount = {**mount, "hostPath": os.path.normpath(os.path.join(base, mount["hostPath"]))}
         mounts.append(mount)
     for node in edits.get("deviceNodes") or ():
         if not node["path"].startswith("/"):
@@ -377,8 +377,7 @@ def merge(chosen, log):
 
 def _mount(mount, binds, ldconfig, log):
     src, dst = mount["hostPath"], os.path.normpath(mount["containerPath"])
-    options = mount.get("options") or ()
-    if "bind" not in options and "rbind" not in options and mount.get("type") != "bind":
+    if not is_bind(mount):
         if log.verbosity >= 0:
             from chjoin.log import emit
 
@@ -387,6 +386,11 @@ def _mount(mount, binds, ldconfig, log):
     binds[dst] = src
     if is_library(dst):
         ldconfig.append(os.path.dirname(dst))
+
+
+def is_bind(mount):
+    options = mount.get("options") or ()
+    return "bind" in options or "rbind" in options or mount.get("type") == "bind"
 
 
 def is_library(path):
@@ -406,7 +410,7 @@ def _device_node(node, origin, nodes, binds):
     if host != path or not path.startswith("/dev/"):
         binds[path] = host
     else:
-        nodes[path] = (path, node.get("type") or "", origin)
+        nodes.setdefault((path, node.get("type") or ""), (path, node.get("type") or "", origin))
 
 
 def _hook(hook, links, ldconfig, log):

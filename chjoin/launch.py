@@ -101,6 +101,13 @@ def ldconfig(directories, verbosity, log):
     if program is None:
         raise Fatal(f"CDI: ldconfig not found in the image (in {path}): needed for the "
                     f"libraries in {' '.join(directories)}")
+    if not os.access("/etc", os.W_OK):
+        # an image the user does not own (a site's): its /etc refuses the new cache, even
+        # under -W; a tmpfs over /etc shows the same files and takes it
+        from chjoin import fs
+
+        log.info("CDI: /etc not writable: a tmpfs over it for ldconfig's cache")
+        fs.writable_directory("/etc", ("ld.so.cache", "ld.so.cache~"))
     argv = [program, *(["-v"] if verbosity > 2 else []), *directories]
     log.info(f"CDI: running: {' '.join(argv)}")
     pid = os.fork()
