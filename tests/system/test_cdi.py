@@ -389,3 +389,21 @@ def test_a_rank_asking_for_other_devices_has_its_own_group(as_user, image, cdi):
         r"rank starts a group of its own\n", group.ranks[1].stderr), group.ranks[1].stderr
     assert len({r.stdout.splitlines()[0] for r in group.ranks}) == 2
     assert [r.stdout.splitlines()[1] for r in group.ranks] == ["yes no", "no yes"]
+
+
+def test_d_on_the_hosts_root_is_refused(as_user, cdi):
+    write(cdi.dir / "dev.json", fake_spec())
+    result = as_user.run("-d", "/", "--", "true", env=cdi.env)
+    assert result.returncode == 31
+    assert the_error(result) == ("--cdi invalid with the host's root as image: there is no "
+                                 "image to overlay")
+
+
+def test_d_with_w_writes_the_links_into_the_image(as_user, own_image, cdi):
+    """-w instead of the implied -W: the image itself takes the links."""
+    hook = {"hookName": "createContainer", "path": "/usr/bin/nvidia-cdi-hook",
+            "args": ["nvidia-cdi-hook", "create-symlinks", "--link", "busybox::/bin/cdi-link"]}
+    write(cdi.dir / "dev.json", fake_spec(hooks=[hook]))
+    result = as_user.run("-w", "-d", own_image, "--", "readlink", "/bin/cdi-link", env=cdi.env)
+    assert (result.returncode, result.stdout) == (0, "busybox\n"), result.stderr
+    assert os.readlink(own_image / "bin" / "cdi-link") == "busybox"
