@@ -82,13 +82,16 @@ def parse_request(text):
 
 def looks_like_request(text):
     """True when `text`, given after a bare -d with a space, is its value rather than IMAGE: a
-    qualified kind (`vendor.tld/class[=names]`) that is no existing path, or a spec file name."""
+    qualified kind (`vendor.tld/class[=names]`, one slash, no tag's `:`) that is no existing
+    path, or a spec file name."""
     if text.endswith(SPEC_SUFFIXES) and not text.startswith("-"):
         return True
     vendor, slash, rest = text.partition("/")
-    return bool(slash and "." in vendor and not vendor.startswith(".") and rest
-                and set(vendor + rest.replace("/", "").replace("=", "").replace(",", ""))
-                <= NAME_CHARS and not os.path.exists(text))
+    kind_class, _, names = rest.partition("=")
+    class_chars = NAME_CHARS - {":"}
+    return bool(slash and "." in vendor and not vendor.startswith(".") and kind_class
+                and set(vendor) <= class_chars and set(kind_class) <= class_chars
+                and set(names) <= NAME_CHARS | {","} and not os.path.exists(text))
 
 
 def search_dirs(option, environ):

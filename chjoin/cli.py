@@ -143,9 +143,9 @@ def normalize(args):
 
 def _cdi_value_follows(args, i):
     """A bare -d/--cdi followed by a word that is a CDI device name (and no path), then more
-    words: the word is -d's value (ch-run would take it as IMAGE)."""
-    if i + 1 >= len(args) or args[i].startswith("-"):
-        return False
+    words that are not `-- CMD`: the word is -d's value (ch-run would take it as IMAGE)."""
+    if i + 1 >= len(args) or args[i].startswith("-") or args[i + 1] == "--":
+        return False          # `-d IMAGE -- CMD`: the word is IMAGE
     from chjoin import cdi
 
     return cdi.looks_like_request(args[i])

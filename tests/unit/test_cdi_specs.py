@@ -56,6 +56,11 @@ def test_d_takes_a_device_name_after_a_space_but_not_an_image():
     assert cli.normalize(["-d", "/img", "--", "true"])[:2] == [f"--cdi={cli.CDI_ALL}", "/img"]
     assert cli.normalize(["-d", "./img", "--", "true"])[:2] == [f"--cdi={cli.CDI_ALL}", "./img"]
     assert cli.normalize(["-dvendor.com/x", "/img", "true"])[0] == "--cdi=vendor.com/x"
+    # images named as ch-image stores them, and `-d IMAGE -- CMD`
+    for image in ("nvcr.io/nvidia/pytorch:24.01", "docker.io/ubuntu:22.04"):
+        assert cli.normalize(["-d", image, "true"])[:2] == [f"--cdi={cli.CDI_ALL}", image]
+    assert cli.normalize(["-d", "vendor.com/img", "--", "true"])[:2] == [
+        f"--cdi={cli.CDI_ALL}", "vendor.com/img"]
 
 
 def test_chjoins_schema_is_the_cdi_projects():
