@@ -52,7 +52,8 @@ def test_generate_without_a_gpu_says_so(tmp_path):
     done = subprocess.run([CHJOINCTL, "cdi", "generate", "--dev", str(tmp_path / "dev")],
                           capture_output=True, text=True)
     assert done.returncode == 1
-    assert done.stderr == f"Error: no NVIDIA GPU in {tmp_path}/dev (no {tmp_path}/dev/nvidia[0-9]*)\n"
+    assert done.stderr == (f"Error: no NVIDIA GPU in {tmp_path}/dev "
+                           f"(no {tmp_path}/dev/nvidia[0-9]*)\n")
 
 
 def test_a_generated_spec_has_nvidia_ctks_shape_and_passes_the_schema():

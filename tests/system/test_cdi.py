@@ -15,7 +15,8 @@ import pytest
 
 from conftest import world_readable_dir
 
-SPECS = "/usr/share/gocode/src/github.com/container-orchestrated-devices/container-device-interface/schema"
+SPECS = ("/usr/share/gocode/src/github.com/container-orchestrated-devices/"
+         "container-device-interface/schema")
 ERROR = re.compile(r"chjoin\[\d+\]: error: (.+)\n")
 NS = "echo $(readlink /proc/self/ns/user) $(readlink /proc/self/ns/mnt)"
 
@@ -82,14 +83,15 @@ def fake_library():
 
 def library_spec(lib, kind="vendor.com/lib", hooks=()):
     return {"cdiVersion": "0.5.0", "kind": kind,
-            "devices": [{"name": "all", "containerEdits": {"deviceNodes": [{"path": "/dev/null"}]}}],
+            "devices": [{"name": "all",
+                         "containerEdits": {"deviceNodes": [{"path": "/dev/null"}]}}],
             "containerEdits": {
                 "env": ["LIB_INJECTED=1"],
                 "mounts": [{"hostPath": f"{lib}/libfake.so.1",
                             "containerPath": "/opt/fake/lib/libfake.so.1",
                             "options": ["ro", "nosuid", "nodev", "bind"]},
-                           {"hostPath": f"{lib}/fakeprog", "containerPath": "/opt/fake/bin/fakeprog",
-                            "options": ["ro", "bind"]}],
+                           {"hostPath": f"{lib}/fakeprog",
+                            "containerPath": "/opt/fake/bin/fakeprog", "options": ["ro", "bind"]}],
                 "hooks": list(hooks)}}
 
 
@@ -109,8 +111,8 @@ def test_named_devices_get_their_own_edits_and_the_specs(as_user, image, cdi):
                                   ["--cdi=vendor.com/dev=all"], ["-dvendor.com/dev"]])
 def test_all_devices_of_a_kind(as_user, image, cdi, args):
     write(cdi.dir / "dev.json", fake_spec())
-    result = as_user.run(*args, image, "--", "sh", "-c", "echo $VENDOR_VISIBLE $DEV0 $DEV1 $DEVFUSE",
-                         env=cdi.env)
+    result = as_user.run(*args, image, "--", "sh", "-c",
+                         "echo $VENDOR_VISIBLE $DEV0 $DEV1 $DEVFUSE", env=cdi.env)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "1 yes yes yes\n"
 
@@ -204,8 +206,8 @@ def test_mounts_symlinks_and_hooks(as_user, image, cdi, host_dir):
                              "file\nlink\nrelative\n")
     assert "CDI: ignoring non-bind mount: tmpfs -> /opt/vendor/tmp" in result.stderr
     assert "CDI: ignoring known hook: chmod: " in result.stderr
-    assert re.search(r"warning: CDI: ignoring unknown hook: /usr/bin/touch /tmp/chjoin-cdi-hook-ran",
-                     result.stderr)
+    assert re.search(r"warning: CDI: ignoring unknown hook: /usr/bin/touch "
+                     r"/tmp/chjoin-cdi-hook-ran", result.stderr)
     assert not os.path.exists("/tmp/chjoin-cdi-hook-ran")
     quiet = as_user.run("-d", "vendor.com/dev=0", image, "--", "true", env=cdi.env)
     assert quiet.stderr.splitlines() == [
@@ -248,7 +250,8 @@ def test_an_nvidia_ctk_shaped_spec(as_user, host_image, cdi, fake_library):
                 "hooks": [
                     {**hook, "args": ["nvidia-cdi-hook", "create-symlinks", "--link",
                                       "libfake.so.1::/opt/fake/lib/libfake.so"]},
-                    {**hook, "args": ["nvidia-cdi-hook", "enable-cuda-compat", "--host-driver-version=555.42.06"]},
+                    {**hook, "args": ["nvidia-cdi-hook", "enable-cuda-compat",
+                                      "--host-driver-version=555.42.06"]},
                     {**hook, "args": ["nvidia-cdi-hook", "update-ldcache", "--folder",
                                       "/opt/fake/lib"]}]}}
     write(cdi.run / "nvidia.yaml", json.dumps(spec, indent=2))
@@ -277,7 +280,8 @@ BAD = [
      r"^CDI: no such device: vendor.com/dev=7 in {etc}/dev.json \(its devices: 0, 1, fuse\)$"),
     ("bad.json", '{"cdiVersion": "0.5.0",\n "kind": }', ["-d"],
      "^CDI: JSON failed at byte 33: {etc}/bad.json: Expecting value$"),
-    ("bad.yaml", "kind: [unclosed\n", ["-d"], "^CDI: YAML failed at line 2 column 1: {etc}/bad.yaml"),
+    ("bad.yaml", "kind: [unclosed\n", ["-d"],
+     "^CDI: YAML failed at line 2 column 1: {etc}/bad.yaml"),
     ("dev.json", fake_spec(env="NOEQUALS"), ["-d"],
      r"^CDI: invalid spec: {etc}/dev.json: containerEdits.env\[0\]: not NAME=VALUE: 'NOEQUALS'$"),
     ("dev.json", fake_spec(mounts=[{"hostPath": "/etc/hosts", "containerPath": "etc/hosts",
@@ -349,9 +353,10 @@ def test_feature_json(as_user):
 
 def test_a_launch_without_d_imports_no_cdi(as_user, image, cdi):
     write(cdi.dir / "dev.yaml", json.dumps(fake_spec()))
-    plain = as_user.run(image, "--", "true", env={**cdi.env, "PYTHONPROFILEIMPORTTIME": "1"})
+    env = {**cdi.env, "PYTHONPROFILEIMPORTTIME": "1"}
+    plain = as_user.run(image, "--", "true", env=env)
     assert not re.search(r"\| (chjoin\.cdi|yaml|json)$", plain.stderr, re.M)
-    with_d = as_user.run("-d", image, "--", "true", env={**cdi.env, "PYTHONPROFILEIMPORTTIME": "1"})
+    with_d = as_user.run("-d", image, "--", "true", env=env)
     assert with_d.returncode == 0
     assert re.search(r"\| +yaml$", with_d.stderr, re.M)
 
