@@ -406,12 +406,12 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
     binds = tuple(parse_bind(b) for b in o["bind"])
     identity = identity_of(o["uid"], o["gid"], environ)
     devices = None
+    if o["cdi-dirs"] == "":
+        raise Fatal("--cdi-dirs: PATHS must be non-empty")
     if o["cdi"]:
         from chjoin import cdi
 
         devices = cdi.select(o["cdi"], o["cdi-dirs"], environ, log)
-    elif o["cdi-dirs"] == "":
-        raise Fatal("--cdi-dirs: PATHS must be non-empty")
     ops = env_ops(tokens, devices.env if devices else ())
     write_fake = o["write-fake"][-1] if o["write-fake"] else None
     if devices is not None and write_fake is None and not o["write"]:

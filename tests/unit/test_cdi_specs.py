@@ -194,3 +194,19 @@ def test_cdi_environment_takes_its_place_among_the_env_options():
                    envmod.Unset("B"), envmod.SetVars((("D", "$A"),), False))
     env = envmod.build({"B": "x"}, ops)
     assert (env["A"], env["C"], env["D"], "B" in env) == ("1", "2", "$A", False)
+
+
+def test_help_names_the_options_as_ch_run():
+    text = cli.help_text()
+    assert "  -d, --cdi[=KIND]            inject CDI resource(s) KIND (repeatable)" in text
+    assert "      --cdi-dirs=DIRS         director(y|ies) containing CDI specs" in text
+    assert "json" in text.split("--feature=FEAT")[1].split("\n  -")[0]
+
+
+def test_empty_cdi_dirs_is_refused_even_with_a_spec_file():
+    tokens = cli.normalize(["--cdi-dirs=", "--cdi=/x.json", "/img", "--", "true"])
+    options, image, command = cli.parse(tokens)
+    from chjoin.log import Timings
+
+    with pytest.raises(Fatal, match="^--cdi-dirs: PATHS must be non-empty$"):
+        cli.make_launch(image, command, options, tokens, {"PATH": "/bin"}, Timings())
