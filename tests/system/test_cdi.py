@@ -412,3 +412,16 @@ def test_d_with_w_writes_the_links_into_the_image(as_user, own_image, cdi):
     result = as_user.run("-w", "-d", own_image, "--", "readlink", "/bin/cdi-link", env=cdi.env)
     assert (result.returncode, result.stdout) == (0, "busybox\n"), result.stderr
     assert os.readlink(own_image / "bin" / "cdi-link") == "busybox"
+
+
+def test_a_missing_device_fails_the_winner_and_every_peer(as_user, image, cdi):
+    """The winner checks the device nodes, once; its failure reaches every waiting peer, with
+    exit 31 and one line each, and nothing is left."""
+    write(cdi.dir / "dev.json", fake_spec(deviceNodes=[{"path": "/dev/chjoin-no-such-gpu"}]))
+    group = as_user.group(["--join-ct=3", "--join-tag=cdifail", "-d", image, "--", "true"],
+                          [{}] * 3, env=cdi.env)
+    assert group.returncodes == [31] * 3, [r.stderr for r in group.ranks]
+    for rank in group.ranks:
+        assert "CDI: device node not found: /dev/chjoin-no-such-gpu" in the_error(rank)
+    assert group.lingering == []
+    assert [n for n in os.listdir("/dev/shm") if f"chjoin-{as_user.uid}-" in n] == []
