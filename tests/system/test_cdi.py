@@ -224,9 +224,12 @@ def test_the_images_ldconfig_finds_the_injected_library(as_user, host_image, cdi
                           "ls /opt/fake/bin/fakeprog", env=cdi.env)
     assert without.returncode != 0
     result = as_user.run("-v", "-d", "vendor.com/lib", "-b", "/usr", host_image, "--", "sh", "-c",
-                         "/opt/fake/bin/fakeprog; /sbin/ldconfig -p | grep -c libfake", env=cdi.env)
+                         "/opt/fake/bin/fakeprog; /sbin/ldconfig -p | grep -c libfake; "
+                         "cat /etc/passwd /etc/group", env=cdi.env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "hello from libfake\n1\n"
+    generated = as_user.run("-W", "-b", "/usr", host_image, "--", "cat", "/etc/passwd",
+                            "/etc/group", env=cdi.env).stdout
+    assert result.stdout == "hello from libfake\n1\n" + generated     # /etc as it was
     assert result.stderr.count("CDI: running: /sbin/ldconfig /opt/fake/lib") == 1, \
         result.stderr
 
