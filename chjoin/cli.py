@@ -32,13 +32,19 @@ OPTIONS = (
     ("bind", "b", LIST, "SRC[:DST]",
      "bind-mount host SRC at guest DST (default: same as SRC); repeatable"),
     ("cd", "c", VALUE, "DIR", "initial working directory in the container"),
+    ("cdi", "d", OPTIONAL, "KIND",
+     "inject CDI resource(s) KIND (repeatable): every spec found if no KIND; "
+     "VENDOR/CLASS[=NAME[,NAME...]] or a spec file (*.json, *.yaml); implies -W"),
+    ("cdi-dirs", "", VALUE, "DIRS",
+     "director(y|ies) containing CDI specs (default: $CH_RUN_CDI_DIRS, else "
+     "/etc/cdi:/var/run/cdi)"),
     ("color", "", OPTIONAL, "WHEN",
      "specify when to use colored logging: auto (the default; when stderr is a terminal), "
      "yes, no (and their synonyms tty, if-tty, always, force, never, none)"),
     ("env-no-expand", "", FLAG, "", "don't expand $ in --set-env input"),
     ("feature", "", ACTION, "FEAT",
-     "exit 0 if FEAT (extglob, overlayfs, seccomp, squash, tmpfs-xattrs) is supported, "
-     "else 1"),
+     "exit 0 if FEAT (extglob, json, overlayfs, seccomp, squash, tmpfs-xattrs, yaml) is "
+     "supported, else 1"),
     ("fuse-single", "", FLAG, "", "serve a SquashFS image with a single-threaded FUSE daemon"),
     ("gid", "g", VALUE, "GID", "run as GID within the container"),
     ("home", "", FLAG, "", "bind host $HOME at guest /home/$USER (implies -W)"),
@@ -92,8 +98,9 @@ OPTIONS = (
 )
 _KIND = {name: kind for name, _, kind, _, _ in OPTIONS}
 _LONG = {short: name for name, short, _, _, _ in OPTIONS if short}
+CDI_ALL = "\0all"       # a bare -d / --cdi (chjoin.cdi.ALL): every spec
 _DEFAULT = {"set-env": IMAGE_ENV, "set-env0": IMAGE_ENV, "write-fake": WRITE_FAKE_DEFAULT_SIZE,
-            "color": "auto"}
+            "color": "auto", "cdi": CDI_ALL}
 _ACTION_VALUE = ("feature", "warnings")       # ACTION options that take a value
 COLOR_SYNONYMS = {"auto": "auto", "tty": "auto", "if-tty": "auto", "yes": "yes",
                   "always": "yes", "force": "yes", "no": "no", "never": "no", "none": "no"}
@@ -115,7 +122,11 @@ def normalize(args):
             if "=" in name or kind is None:
                 out.append(token)
             elif kind == OPTIONAL:
-                out.append(f"{token}={_DEFAULT[name]}")
+                value = _DEFAULT[name]
+                if name == "cdi" and _cdi_value_follows(args, i):
+                    value = args[i]
+                    i += 1
+                out.append(f"{token}={value}")
             elif kind in (VALUE, LIST) or name in _ACTION_VALUE:
                 if i < len(args):
                     out.append(f"{token}={args[i]}")
@@ -136,10 +147,23 @@ def normalize(args):
                 out.append(f"--{name}={rest}")
                 break
             if kind == OPTIONAL:
+                if name == "cdi" and not rest and _cdi_value_follows(args, i):
+                    rest = args[i]
+                    i += 1
                 out.append(f"--{name}={rest or _DEFAULT[name]}")
                 break
             out.append(f"--{name}" if name else f"-{c}")
     return out
+
+
+def _cdi_value_follows(args, i):
+    """A bare -d/--cdi followed by a word that is a CDI device name (and no path), then more
+    words that are not `-- CMD`: the word is -d's value (ch-run would take it as IMAGE)."""
+    if i + 1 >= len(args) or args[i].startswith("-") or args[i + 1] == "--":
+        return False          # `-d IMAGE -- CMD`: the word is IMAGE
+    from chjoin import cdi
+
+    return cdi.looks_like_request(args[i])
 
 
 class Usage(Exception):
@@ -230,8 +254,12 @@ def _action(name, value, options):
 
 def feature(name):
     """--feature=FEAT: 0 if supported, 1 if known but not supported here."""
-    if name == "extglob":
+    if name in ("extglob", "json"):
         return 0
+    if name == "yaml":
+        import importlib.util
+
+        return 0 if importlib.util.find_spec("yaml") else 1
     if name == "overlayfs":
         with open("/proc/filesystems") as f:
             return 0 if "\toverlay\n" in f.read() else 1
@@ -324,14 +352,21 @@ def parse_bind(text):
     return BindSpec(src, dst)
 
 
-def env_ops(tokens):
-    """The environment operations in command-line order, host files read now. --env-no-expand
-    applies to every --set-env, wherever it stands (ch-run 0.45)."""
+def env_ops(tokens, cdi_env=()):
+    """The environment operations in command-line order, host files read now; each -d's
+    environment (`cdi_env`, one tuple of pairs per -d) where that -d is, as ch-run does.
+    --env-no-expand applies to every --set-env, wherever it stands (ch-run 0.45)."""
     ops = []
     options = tokens[:next((i for i, t in enumerate(tokens)
                             if t == "--" or not t.startswith("--")), len(tokens))]
     expand = "--env-no-expand" not in options
+    cdi_env = list(cdi_env)
     for token in options:
+        if token.startswith("--cdi=") and cdi_env:
+            pairs = cdi_env.pop(0)
+            if pairs:
+                ops.append(envmod.SetVars(pairs, False))
+            continue
         if token == "--env-no-expand" or not token.startswith(_ENV_OPTIONS):
             continue
         name, _, value = token[2:].partition("=")
@@ -466,8 +501,17 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
     log = Log(verbosity, clock)
     binds = tuple(parse_bind(b) for b in o["bind"])
     identity = identity_of(o["uid"], o["gid"], environ)
-    ops = env_ops(tokens)
+    devices = None
+    if o["cdi-dirs"] == "":
+        raise Fatal("--cdi-dirs: PATHS must be non-empty")
+    if o["cdi"]:
+        from chjoin import cdi
+
+        devices = cdi.select(o["cdi"], o["cdi-dirs"], environ, log)
+    ops = env_ops(tokens, devices.env if devices else ())
     write_fake = o["write-fake"][-1] if o["write-fake"] else None
+    if devices is not None and write_fake is None and not o["write"]:
+        write_fake = WRITE_FAKE_DEFAULT_SIZE        # -d implies -W, silently, as in ch-run
     home = None
     if o["home"]:
         home = environ.get("HOME")
@@ -484,8 +528,8 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
     generate_passwd = not o["no-passwd"]
     if found.path == "/":       # the host's root as image
         if write_fake is not None:
-            raise Fatal(f"{'--home' if home else '--write-fake'} invalid with the host's root "
-                        "as image: there is no image to overlay")
+            raise Fatal(f"{'--home' if home else '--cdi' if devices else '--write-fake'} "
+                        "invalid with the host's root as image: there is no image to overlay")
         log.info("image is the host's root (/): new namespaces on the host's own tree, "
                  "no default binds, --no-passwd; this is not a container")
         generate_passwd = False
@@ -505,6 +549,7 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
                   home=home, private_tmp=bool(o["private-tmp"]),
                   host_tmp=environ.get("TMPDIR") or "/tmp",
                   generate_passwd=generate_passwd, env_ops=ops, verbosity=verbosity,
+                  devices=devices,
                   timings=timings_target(o["timings"], environ), environ=dict(environ), **join)
 
 

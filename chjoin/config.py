@@ -45,6 +45,7 @@ class Launch(Value):
     generate_passwd: bool = True
     env_ops: tuple = ()
     verbosity: int = 0
+    devices: object = None           # -d: a `chjoin.cdi.Selection`, or None
     join: bool = False               # -j, or implied by --join-ct / --join-tag
     join_count: int | None = None    # --join-ct
     join_tag: str | None = None      # --join-tag
@@ -64,5 +65,7 @@ class Launch(Value):
         mounts = [f"-b {b.src}:{b.dst}" for b in self.binds]
         mounts += ["--home"] * bool(self.home) + ["-t"] * self.private_tmp
         mounts += ["--no-passwd"] * (not self.generate_passwd)
+        if self.devices is not None:      # the record holds four terms: CDI is a mount option
+            mounts.append(f"-d {self.devices.terms}")
         return [("image", self.image), ("uid:gid", f"{ident.uid}:{ident.gid}"),
                 ("write mode", write), ("mount options", " ".join(mounts) or "none")]

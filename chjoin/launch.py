@@ -101,9 +101,73 @@ def build(launch, log):
         log.info(f"squashfs: {launch.image} mounted at {root} by {image.SQUASHFUSE}")
         log.clock.done("squashfs")
     fs.apply(fs.plan(launch), root, log)
+    if launch.devices is not None:
+        devices_inside(launch.devices, launch.verbosity, log)
     log.clock.done("filesystem")
     ns.enter_inner(ident.uid, ident.gid)
     log.clock.done("namespaces")
+
+
+def devices_inside(selection, verbosity, log):
+    """-d, inside the new root, once per container (single, winner, SPANK builder): every device
+    node the specs name must be in the container's /dev (the host's, never narrowed); the
+    create-symlinks links are made in the -W layer; the image's own ldconfig runs on the
+    libraries' directories. No host program runs."""
+    import stat
+
+    kinds = {"c": stat.S_ISCHR, "u": stat.S_ISCHR, "b": stat.S_ISBLK, "p": stat.S_ISFIFO}
+    for path, kind, origin in selection.nodes:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise Fatal(f"CDI: device node not found: {path} ({origin}): {e.strerror}") from None
+        if kind in kinds and not kinds[kind](st.st_mode):
+            raise Fatal(f"CDI: not a device node of type {kind}: {path} ({origin})")
+        log.debug(f"CDI: device node ok: {path} ({origin})")
+    for target, link in selection.symlinks:
+        if os.path.lexists(link):
+            log.info(f"CDI: create-symlinks: exists, skipping: {link}")
+            continue
+        try:
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            os.symlink(target, link)
+        except OSError as e:
+            raise Fatal(f"CDI: create-symlinks: can't make {link} -> {target}: "
+                        f"{e.strerror}") from None
+        log.info(f"CDI: create-symlinks: {link} -> {target}")
+    if selection.ldconfig:
+        ldconfig(selection.ldconfig, verbosity, log)
+
+
+def ldconfig(directories, verbosity, log):
+    """Run the image's ldconfig on `directories`, as ch-run 0.45 does (PATH=/sbin:/usr/sbin:
+    $PATH, -v above -vv); its failure is ours."""
+    path = ":".join(["/sbin", "/usr/sbin", os.environ.get("PATH", "")])
+    program = next((f"{d}/ldconfig" for d in path.split(":")
+                    if d and os.access(f"{d}/ldconfig", os.X_OK)), None)
+    if program is None:
+        raise Fatal(f"CDI: ldconfig not found in the image (in {path}): needed for the "
+                    f"libraries in {' '.join(directories)}")
+    if not os.access("/etc", os.W_OK):
+        # an image the user does not own (a site's): its /etc refuses the new cache, even
+        # under -W; a tmpfs over /etc shows the same files and takes it
+        from chjoin import fs
+
+        log.info("CDI: /etc not writable: a tmpfs over it for ldconfig's cache")
+        fs.writable_directory("/etc", ("ld.so.cache", "ld.so.cache~"))
+    argv = [program, *(["-v"] if verbosity > 2 else []), *directories]
+    log.info(f"CDI: running: {' '.join(argv)}")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execve(program, argv, {**os.environ, "PATH": path})
+        finally:
+            os._exit(127)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        raise Fatal(f"ldconfig: killed by signal {os.WTERMSIG(status)}")
+    if os.WEXITSTATUS(status):
+        raise Fatal(f"ldconfig: failed with {os.WEXITSTATUS(status)}")
 
 
 def join(launch, group, log):

@@ -161,3 +161,33 @@ def epilog(config):
     removes what chjoin left for the job (holders, records as `gc` does, staging). Exits 0."""
     from chjoin import slurm
     sys.exit(slurm.main(["epilog", *(["--config", config] if config else [])]))
+
+
+@main.group()
+def cdi():
+    """CDI specs for `chjoin -d`."""
+
+
+@cdi.command("generate")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write the spec here (e.g. /etc/cdi/nvidia.yaml); default: standard output.")
+@click.option("--format", "fmt", type=click.Choice(["json", "yaml"]),
+              help="Default: from --output's suffix, else yaml (as nvidia-ctk).")
+@click.option("--dev", default="/dev", show_default=True, help="Where the device nodes are.")
+def cdi_generate(output, fmt, dev):
+    """Write a CDI spec (kind nvidia.com/gpu) for this host's NVIDIA GPUs, as `nvidia-ctk cdi
+    generate` does, for sites without NVIDIA's container toolkit: /dev/nvidia* nodes, the
+    driver's libraries (`ldconfig -p`), its binaries, a device per GPU by index and UUID, and
+    `all`. Exits 1 when the host has no NVIDIA GPU."""
+    from chjoin.admin import cdi as cdimod
+    try:
+        doc = cdimod.generate(dev)
+    except cdimod.NoDevices as e:
+        raise click.ClickException(str(e))
+    fmt = fmt or ("json" if output and output.endswith(".json") else "yaml")
+    text = cdimod.dump(doc, fmt)
+    if output:
+        with open(output, "w") as f:
+            f.write(text)
+    else:
+        click.echo(text, nl=False)
