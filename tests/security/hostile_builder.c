@@ -2,7 +2,7 @@
    builder runs as the user with the job's environment. Before Python starts, in the builder
    only (its argv names chjoin-spank-build and fd 3 is the plugin's socket), it sends on the
    channel what $CHJOIN_HOSTILE names, and prints or exits as that case says. Built by
-   tests/security/test_spank_builder.py. */
+   tests/security/test_hostile_builder.py. */
 
 #define _GNU_SOURCE
 #include <fcntl.h>
