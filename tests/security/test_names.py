@@ -220,3 +220,45 @@ def test_a_semaphore_taken_the_moment_the_record_appears_does_not_stop_a_join(vi
     assert len({out} | {r.stdout for r in others.ranks}) == 1
     assert f"another user holds this group's name; this rank polls the record instead" in err
     assert victims_objects(victim) == []
+
+
+def test_without_a_private_place_for_the_key_the_plain_names_are_used_and_said(victim, image):
+    """No $HOME of the victim's (here: one that does not exist) and no $XDG_RUNTIME_DIR: the
+    names are the plain ones, which -v says, and the join works as before."""
+    env = {"HOME": "/nonexistent", "XDG_RUNTIME_DIR": None}
+    assert victim.shm_names("plain", env) == [plain_name(victim.uid, "plain")]
+    group = victim.group(["-v", "--join-ct=2", "--join-tag=plain", image, *WHICH], [{}] * 2,
+                         env=env, timeout=30)
+    assert group.returncodes == [0, 0], [r.stderr for r in group.ranks]
+    for rank in group.ranks:
+        assert (f"join: no private place for the key of the rendezvous names (/nonexistent: No "
+                f"such file or directory): using the plain name /{plain_name(victim.uid, 'plain')}"
+                ", which another user can take first") in rank.stderr, rank.stderr
+    assert victims_objects(victim) == []
+
+
+@pytest.fixture
+def runtime_dir(victim):
+    """A runtime directory as logind makes /run/user/UID: the victim's, 0700."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="chjoin-run-")
+    os.chown(path, victim.uid, victim.gid)
+    os.chmod(path, 0o700)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_private_runtime_directory_keeps_the_key(victim, image, runtime_dir):
+    """With a $XDG_RUNTIME_DIR of the victim's, 0700, the key is kept there, not in $HOME."""
+    runtime = runtime_dir
+    env = {"XDG_RUNTIME_DIR": runtime}
+    group = victim.group(["-v", "--join-ct=2", "--join-tag=runtime", image, *WHICH], [{}] * 2,
+                         env=env, timeout=30)
+    assert group.returncodes == [0, 0], [r.stderr for r in group.ranks]
+    for rank in group.ranks:
+        assert f"join: rendezvous names keyed by {runtime}/chjoin/key" in rank.stderr
+    st = os.lstat(f"{runtime}/chjoin/key")
+    assert (st.st_uid, stat.S_IMODE(st.st_mode), st.st_size) == (victim.uid, 0o600, 32)
+    assert victim.shm_names("runtime", env) != victim.shm_names("runtime")

@@ -380,7 +380,7 @@ def test_epilog_removes_a_killed_jobs_record_through_the_gc_code(chjoin, image, 
     env = {"SLURM_JOB_ID": job, "SLURM_JOB_UID": str(uid), "SLURMD_NODENAME": "n1"}
     config = slurm_config(CHJOIN_STAGE_DIR="/nonexistent")
     done = ctl(root, "epilog", "--config", config, env=env)
-    name = f"/dev/shm/chjoin-{uid}-{tag}"
+    name = f"/dev/shm/chjoin-{uid}-{tag}"      # plain: uid 4242 has no private place for a key
     assert (done.returncode, done.stdout.splitlines()) == (0, [
         f"chjoin epilog: job {job} on n1: removed {name}",
         f"chjoin epilog: job {job} on n1: removed /dev/shm/sem.{name[9:]}"])
