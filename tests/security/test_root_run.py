@@ -444,25 +444,29 @@ def test_the_wrappers_import_nothing_from_their_directory_or_environment(
 # --- item 8: _foreign names the owner of what is there, never a link's target ---------------
 
 def test_a_symlink_squatting_a_records_name_is_named_as_the_attackers(chjoin, image):
-    """The attacker plants a symlink at the victim's record name pointing at a file of the
-    victim's: the victim's launch fails with one line naming the symlink and its owner (the
-    attacker), not the target's."""
+    """The attacker plants symlinks at the victim's record names (every one a rank of the victim
+    tries), each pointing at a file of the victim's: the victim's launch fails with one line
+    naming the symlink's owner (the attacker: lstat), never the target's (the victim)."""
     from conftest import Runner
-
-    from chjoin import ipc
     victim = Runner(chjoin, "user")
     tag = f"squat-{os.getpid()}"
-    path = "/dev/shm" + ipc.object_name(victim.uid, tag)
+    if hasattr(victim, "shm_names"):               # keyed names (chjoin.names)
+        names = victim.shm_names(tag)
+    else:
+        from chjoin import ipc
+        names = [ipc.object_name(victim.uid, tag)[1:]]
     target = attack.plant(f"/dev/shm/victim-file-{os.getpid()}", b"", "victim")
-    os.symlink(target, path)
-    os.chown(path, *attack.ids("attacker"), follow_symlinks=False)
+    paths = [f"/dev/shm/{name}" for name in names]
+    for path in paths:
+        os.symlink(target, path)
+        os.chown(path, *attack.ids("attacker"), follow_symlinks=False)
     try:
         done = victim.run("--join-ct=2", f"--join-tag={tag}", image, "--", "true")
         assert done.returncode == 31
-        assert f"join: can't use {path}: a symlink owned by uid {attack.ids('attacker')[0]}" \
-            in done.stderr, done.stderr
+        assert f"join: can't use {paths[-1]}: owned by uid {attack.ids('attacker')[0]}, mode " \
+            "777" in done.stderr, done.stderr
     finally:
-        unlink(path, target)
+        unlink(*paths, target)
 
 
 # --- the prolog bounds what a job may ask of root -------------------------------------------

@@ -1,4 +1,4 @@
-"""Acting on a user's objects as that user: what runs as root (the Slurm prolog and epilog,
+"""Running as the owner of a user's objects: what runs as root (the Slurm prolog and epilog,
 `chjoinctl` as root) does everything it does to a user's records, semaphores, staged files and
 holders in a child that has dropped to the owner's ids, so that the kernel's own permission
 checks decide what may be read, signalled or removed.
@@ -84,7 +84,7 @@ def run_as(uid, gid, fn, *args, deadline, groups=(), keep_fds=()):
             try:
                 message = {"ok": fn(*args)}
             except Exception as e:
-                message = {"error": _describe(e)}
+                message = {"error": describe(e)}
             _write_all(write_end, json.dumps(message).encode())
             code = 0
         except BaseException:
@@ -108,7 +108,7 @@ def run_as(uid, gid, fn, *args, deadline, groups=(), keep_fds=()):
     return message.get("ok")
 
 
-def _describe(e):
+def describe(e):
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
     return str(e) or type(e).__name__
@@ -149,7 +149,7 @@ def _read_until(fd, pid, deadline):
 
 # --- holders --------------------------------------------------------------------------------
 
-def _proc_uids(pid):
+def proc_uids(pid):
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:
             if line.startswith(b"Uid:"):
@@ -165,7 +165,7 @@ def holder_problem(pid, start, uid, inodes):
             comm = f.read().strip().decode(errors="replace")
         if comm != ns.HOLDER_NAME:
             return f"pid {pid} is {comm!r}, not {ns.HOLDER_NAME}"
-        uids = _proc_uids(pid)
+        uids = proc_uids(pid)
         if uids != [uid] * 4:
             return f"pid {pid} runs as uids {uids}, not {uid}"
         if not ns.alive(pid, start):
