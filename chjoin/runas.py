@@ -77,7 +77,7 @@ def run_as(uid, gid, fn, *args, deadline, groups=(), keep_fds=()):
                 if low < fd:            # closerange(n, n) closes everything (close_range)
                     os.closerange(low, fd)
                 low = fd + 1
-            os.closerange(low, 1 << 16)
+            os.closerange(low, max(1 << 16, os.sysconf("SC_OPEN_MAX")))
             for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
                 signal.signal(s, signal.SIG_DFL)
             drop(uid, gid, groups)
@@ -96,7 +96,7 @@ def run_as(uid, gid, fn, *args, deadline, groups=(), keep_fds=()):
         data = _read_until(read_end, pid, deadline)
     finally:
         os.close(read_end)
-    _, status = os.waitpid(pid, 0)
+    status = _reap(pid, time.monotonic() + 5)
     if not data:
         raise ChildFailed(f"the child as uid {uid} died ({_status(status)})")
     try:
@@ -120,6 +120,21 @@ def _status(status):
     return f"exit {os.WEXITSTATUS(status)}"
 
 
+def _reap(pid, deadline):
+    """The wait status of child `pid` once it is gone, or 0 when it is still there at `deadline`
+    (killed but stuck where SIGKILL can't reach it, as in a hard NFS mount: it is left to init,
+    and we go on rather than hang with it)."""
+    delay = 0.0002
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            return 0
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
 def _write_all(fd, data):
     while data:
         data = data[os.write(fd, data):]
@@ -134,8 +149,8 @@ def _read_until(fd, pid, deadline):
         ready = select.select([fd], [], [], max(0.0, left))[0] if left > 0 else []
         if not ready:
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise Timeout(f"still running after its deadline: killed")
+            _reap(pid, time.monotonic() + 5)
+            raise Timeout("still running after its deadline: killed")
         chunk = os.read(fd, 65536)
         if not chunk:
             return b"".join(chunks)
@@ -143,7 +158,7 @@ def _read_until(fd, pid, deadline):
         size += len(chunk)
         if size > RESULT_MAX:
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            _reap(pid, time.monotonic() + 5)
             raise ChildFailed("the child sent back too much")
 
 
