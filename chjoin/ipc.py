@@ -168,12 +168,9 @@ class Objects:
 
     @staticmethod
     def _foreign(path, err):
-        """The line for a name another user holds: the owner of what is there (lstat: a
-        symlink's own owner, never its target's)."""
         try:
             st = os.lstat(path)
-            kind = "a symlink " if stat.S_ISLNK(st.st_mode) else ""
-            owner = f"{kind}owned by uid {st.st_uid}, mode {st.st_mode & 0o777:o}"
+            owner = f"owned by uid {st.st_uid}, mode {st.st_mode & 0o777:o}"
         except OSError:
             owner = str(err)
         return f"join: can't use {path}: {owner}; another user holds this group's name"

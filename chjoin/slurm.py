@@ -7,7 +7,7 @@ and only when that file and every directory above it are root's and writable by 
 Every line they report goes to stdout and, with CHJOIN_SLURM_LOG, to that file (opened
 O_NOFOLLOW|O_APPEND, only if it is a root-owned regular file).
 
-Root acts on nothing of the user's as root (chjoin.owner): every check and copy of a user's
+Root acts on nothing of the user's as root (chjoin.runas): every check and copy of a user's
 path, every signal to a user's process and every removal of a user's object happens in a child
 that has dropped to the user's ids, with a deadline after which it is killed. The stage
 directory must be root's, like every directory above it (chjoin never stages into a directory
@@ -31,7 +31,7 @@ import stat
 import sys
 import time
 
-from chjoin import owner
+from chjoin import runas
 
 EXIT_NODE_FAULT = 1     # slurmd drains the node and requeues (holds) the job
 CONFIG = "/etc/chjoin/slurm.conf"
@@ -249,17 +249,17 @@ def requests(comment):
 
 
 def as_user(job, timeout, check, *args, stuck="", keep_fds=()):
-    """`check(*args)` in a child running as the job's user (`owner.run_as`), killed after
+    """`check(*args)` in a child running as the job's user (`runas.run_as`), killed after
     `timeout` seconds; its problem, "" when none. `stuck` names what the child was doing, for
     the line of one that had to be killed."""
-    _, groups = owner.ids_of(job.uid)
+    _, groups = runas.ids_of(job.uid)
     try:
-        return owner.run_as(job.uid, job.gid, check, *args, groups=groups, keep_fds=keep_fds,
+        return runas.run_as(job.uid, job.gid, check, *args, groups=groups, keep_fds=keep_fds,
                             deadline=time.monotonic() + timeout) or ""
-    except owner.Timeout:
+    except runas.Timeout:
         return (f"{stuck or 'a check'} as {job.user} was still running after {timeout:g} s "
                 "(a FIFO, or a mount that does not answer?): killed")
-    except owner.ChildFailed as e:
+    except runas.ChildFailed as e:
         return f"{stuck or 'a check'} as {job.user} failed: {e}"
 
 
@@ -413,11 +413,11 @@ def epilog(job):
 def kill_holders(job):
     """SIGKILL, as the job's user, the chjoin holders of that user that were started within
     this job (their environment names it); lines for what was killed and what went wrong."""
-    _, groups = owner.ids_of(job.uid)
+    _, groups = runas.ids_of(job.uid)
     try:
-        found = owner.run_as(job.uid, job.gid, _kill_job_holders, job.id, groups=groups,
+        found = runas.run_as(job.uid, job.gid, _kill_job_holders, job.id, groups=groups,
                              deadline=time.monotonic() + 15)
-    except (owner.Timeout, owner.ChildFailed) as e:
+    except (runas.Timeout, runas.ChildFailed) as e:
         return [f"problem: killing holders as uid {job.uid}: {e}"]
     return [f"killed holder pid {pid}" if what == "killed" else f"problem: {pid}"
             for what, pid in found]
@@ -438,7 +438,7 @@ def _kill_job_holders(job_id):
         except OSError:
             continue
         try:
-            if _comm(pid) != ns.HOLDER_NAME or owner._proc_uids(pid) != [me] * 4:
+            if _comm(pid) != ns.HOLDER_NAME or runas.proc_uids(pid) != [me] * 4:
                 continue
             if f"\0SLURM_JOB_ID={job_id}\0".encode() not in _environ(pid):
                 continue

@@ -5,7 +5,7 @@ Root trusts nothing in /dev/shm. An object `chjoin-<uid>-…` or `sem.chjoin-<ui
 only when it is a regular file (opened O_NOFOLLOW|O_NONBLOCK, then fstat) owned by that very
 uid with mode 0600; anything else is reported and left alone (it is not that user's, and not
 root's business to remove). The objects of one owner are then swept in one child that has
-dropped to the owner's ids (`owner.run_as`, with a deadline), which opens each again and checks
+dropped to the owner's ids (`runas.run_as`, with a deadline), which opens each again and checks
 it again: the kernel decides what it may unlink or signal, as if the owner did it. A record is
 read as one `pread` snapshot and parsed with every field bounded (`record.parse`), never mapped.
 
@@ -13,7 +13,7 @@ A record is cleaned as an arriving rank would: under its lock, never waited for 
 it is alive and busy), the groups that are over ended, and the record and its semaphore
 unlinked once no group is left. A holder named by a record is signalled only through a pidfd,
 after checking that it is a `chjoin-holder` of the owner in the group's namespaces
-(`owner.signal_holder`). A corrupt record is removed (reported as corrupt).
+(`runas.signal_holder`). A corrupt record is removed (reported as corrupt).
 """
 
 import fcntl
@@ -22,7 +22,7 @@ import signal
 import stat
 import time
 
-from chjoin import ns, owner, record
+from chjoin import ns, record, runas
 from chjoin.ipc import review
 
 SHM = "/dev/shm"
@@ -96,12 +96,12 @@ def sweep_all(uid=None, tag=None, force_tag=None, dry_run=False, timeout=TIMEOUT
             kept.append(name)
         if not kept:
             continue
-        gid, groups = owner.ids_of(who)
+        gid, groups = runas.ids_of(who)
         try:
-            found = owner.run_as(who, gid, sweep_own, kept, tag, force_tag, dry_run,
+            found = runas.run_as(who, gid, sweep_own, kept, tag, force_tag, dry_run,
                                  deadline=time.monotonic() + timeout, groups=groups)
             done += [tuple(item) for item in found]
-        except (owner.Timeout, owner.ChildFailed) as e:
+        except (runas.Timeout, runas.ChildFailed) as e:
             done.append(("problem", f"sweeping uid {who}'s objects: {e}"))
     return done
 
@@ -115,7 +115,7 @@ def sweep_own(names, tag=None, force_tag=None, dry_run=False):
             try:
                 done += sweep(name, tag, force_tag, dry_run) or []
             except Exception as e:          # one bad record never stops the others
-                done.append(("problem", f"{SHM}/{name}: {owner._describe(e)}"))
+                done.append(("problem", f"{SHM}/{name}: {runas.describe(e)}"))
     if tag is None:
         for name in names:
             if name.startswith("sem.") and not os.path.lexists(f"{SHM}/{name[4:]}"):
@@ -176,9 +176,9 @@ def _dismiss(g, uid, dry_run):
     if not pid or not ns.alive(pid, start):
         return []                 # gone (its pid may be another process's now): nothing to do
     if dry_run:
-        problem = owner.holder_problem(pid, start, uid, g.inodes)
+        problem = runas.holder_problem(pid, start, uid, g.inodes)
     else:
-        problem = owner.signal_holder(pid, start, uid, g.inodes,
+        problem = runas.signal_holder(pid, start, uid, g.inodes,
                                       (signal.SIGTERM, signal.SIGCONT))
     if not problem:
         return [("holder", pid)]

@@ -23,15 +23,15 @@ class Result:
 
 
 def in_child(check, *args):
-    """`check(*args)` in a forked child as this user (chjoin.owner.run_as, 30 s at most): its
+    """`check(*args)` in a forked child as this user (chjoin.runas.run_as, 30 s at most): its
     problem or ""."""
     import time
 
-    from chjoin import owner
+    from chjoin import runas
     try:
-        return owner.run_as(os.getuid(), os.getgid(), check, *args, groups=os.getgroups(),
+        return runas.run_as(os.getuid(), os.getgid(), check, *args, groups=os.getgroups(),
                             deadline=time.monotonic() + 30) or ""
-    except (owner.Timeout, owner.ChildFailed) as e:
+    except (runas.Timeout, runas.ChildFailed) as e:
         return str(e)
 
 

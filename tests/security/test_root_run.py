@@ -461,7 +461,7 @@ def test_a_symlink_squatting_a_records_name_is_named_as_the_attackers(chjoin, im
                              [{}, {}], timeout=20)
         assert group.returncodes == [0, 0], [r.stderr for r in group.ranks]
         for r in group.ranks:
-            assert f"join: can't use {path}: a symlink owned by uid {attack.ids('attacker')[0]}" \
+            assert f"join: can't use {path}: owned by uid {attack.ids('attacker')[0]}, mode 777" \
                 in r.stderr, r.stderr
         assert os.path.islink(path) and os.lstat(path).st_uid == attack.ids("attacker")[0]
         assert os.path.exists(target)
@@ -502,3 +502,22 @@ def test_an_image_larger_than_the_site_stages_fails_the_job(scratch, slurm_confi
         assert os.listdir(scratch / "stage" / str(job)) == []
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_an_as_user_child_past_its_deadline_is_killed_even_if_its_pipe_stays_open():
+    """runas.run_as: the child and a grandchild it left holding the result pipe open (a user's
+    code would be all it takes) never keep root waiting past the deadline."""
+    import time as clock
+
+    from chjoin import runas
+
+    def hold_pipe():
+        if os.fork() == 0:
+            clock.sleep(3)
+            os._exit(0)
+        clock.sleep(60)
+
+    started = clock.monotonic()
+    with pytest.raises(runas.Timeout):
+        runas.run_as(*attack.ids("victim"), hold_pipe, deadline=clock.monotonic() + 1)
+    assert clock.monotonic() - started < 2

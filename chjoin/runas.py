@@ -1,4 +1,4 @@
-"""Acting on a user's objects as that user: what runs as root (the Slurm prolog and epilog,
+"""Running as the owner of a user's objects: what runs as root (the Slurm prolog and epilog,
 `chjoinctl` as root) does everything it does to a user's records, semaphores, staged files and
 holders in a child that has dropped to the owner's ids, so that the kernel's own permission
 checks decide what may be read, signalled or removed.
@@ -77,14 +77,14 @@ def run_as(uid, gid, fn, *args, deadline, groups=(), keep_fds=()):
                 if low < fd:            # closerange(n, n) closes everything (close_range)
                     os.closerange(low, fd)
                 low = fd + 1
-            os.closerange(low, 1 << 16)
+            os.closerange(low, max(1 << 16, os.sysconf("SC_OPEN_MAX")))
             for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
                 signal.signal(s, signal.SIG_DFL)
             drop(uid, gid, groups)
             try:
                 message = {"ok": fn(*args)}
             except Exception as e:
-                message = {"error": _describe(e)}
+                message = {"error": describe(e)}
             _write_all(write_end, json.dumps(message).encode())
             code = 0
         except BaseException:
@@ -96,7 +96,7 @@ def run_as(uid, gid, fn, *args, deadline, groups=(), keep_fds=()):
         data = _read_until(read_end, pid, deadline)
     finally:
         os.close(read_end)
-    _, status = os.waitpid(pid, 0)
+    status = _reap(pid, time.monotonic() + 5)
     if not data:
         raise ChildFailed(f"the child as uid {uid} died ({_status(status)})")
     try:
@@ -108,7 +108,7 @@ def run_as(uid, gid, fn, *args, deadline, groups=(), keep_fds=()):
     return message.get("ok")
 
 
-def _describe(e):
+def describe(e):
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
     return str(e) or type(e).__name__
@@ -118,6 +118,21 @@ def _status(status):
     if os.WIFSIGNALED(status):
         return f"killed by signal {os.WTERMSIG(status)}"
     return f"exit {os.WEXITSTATUS(status)}"
+
+
+def _reap(pid, deadline):
+    """The wait status of child `pid` once it is gone, or 0 when it is still there at `deadline`
+    (killed but stuck where SIGKILL can't reach it, as in a hard NFS mount: it is left to init,
+    and we go on rather than hang with it)."""
+    delay = 0.0002
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            return 0
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
 
 
 def _write_all(fd, data):
@@ -134,8 +149,8 @@ def _read_until(fd, pid, deadline):
         ready = select.select([fd], [], [], max(0.0, left))[0] if left > 0 else []
         if not ready:
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise Timeout(f"still running after its deadline: killed")
+            _reap(pid, time.monotonic() + 5)
+            raise Timeout("still running after its deadline: killed")
         chunk = os.read(fd, 65536)
         if not chunk:
             return b"".join(chunks)
@@ -143,13 +158,13 @@ def _read_until(fd, pid, deadline):
         size += len(chunk)
         if size > RESULT_MAX:
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            _reap(pid, time.monotonic() + 5)
             raise ChildFailed("the child sent back too much")
 
 
 # --- holders --------------------------------------------------------------------------------
 
-def _proc_uids(pid):
+def proc_uids(pid):
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:
             if line.startswith(b"Uid:"):
@@ -165,7 +180,7 @@ def holder_problem(pid, start, uid, inodes):
             comm = f.read().strip().decode(errors="replace")
         if comm != ns.HOLDER_NAME:
             return f"pid {pid} is {comm!r}, not {ns.HOLDER_NAME}"
-        uids = _proc_uids(pid)
+        uids = proc_uids(pid)
         if uids != [uid] * 4:
             return f"pid {pid} runs as uids {uids}, not {uid}"
         if not ns.alive(pid, start):
