@@ -48,6 +48,10 @@ class Launch(Value):
     join_pid: int | None = None      # --join-pid
     join_timeout: float = 30.0       # --join-timeout, $CHJOIN_JOIN_TIMEOUT
     timings: str | None = None       # --timings, $CHJOIN_TIMINGS: "stderr", a file, or None
+    name: str | None = None          # --name NAME: a named container (chjoin.named)
+    name_mode: str = "auto"          # --name NAME:FLAG: "auto", "create" or "exec"
+    keep: float = 0.0                # --keep, seconds after its last process exits; 0: until stopped
+    given: tuple = ()                # labels of the join terms the command line set (IMAGE, -b, ...)
     environ: dict                    # the environment the launch reads
 
     def join_terms(self):

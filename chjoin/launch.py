@@ -17,7 +17,11 @@ def run(launch, clock, closed_stdio=()):
     log = Log(launch.verbosity, clock)
     ident = launch.identity
     log.info(f"image: {launch.image}; container ids {ident.uid}:{ident.gid}")
-    if launch.join_pid is not None:
+    if launch.name is not None:
+        from chjoin import named
+
+        named.run(launch, log)
+    elif launch.join_pid is not None:
         log.info(f"join: joining namespaces of pid {launch.join_pid}")
         ns.join_pid(launch.join_pid)
         clock.done("join")

@@ -111,6 +111,9 @@ def survey(uid=None, tag=None):
         stored, groups, problem = read_record(path)
         if tag is not None and stored != record.stored_tag(tag):
             continue
+        if groups and all(g.named for g in groups):
+            continue                # named containers: `chjoinctl ps` lists them apart
+        groups = [g for g in groups if not g.named] if groups else groups
         try:
             owner = os.stat(path).st_uid
         except OSError:
