@@ -220,6 +220,21 @@ def processes_inside(inodes, but=()):
     return found
 
 
+def _close_channels(keep_fd):
+    """Close the sockets and pipes the holder inherited (the SPANK builder's channel, a
+    launcher's): it outlives the launch, and must keep nobody waiting for an end of file."""
+    import stat
+
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        try:
+            if fd > 2 and fd != keep_fd and (stat.S_ISSOCK(os.fstat(fd).st_mode) or
+                                             stat.S_ISFIFO(os.fstat(fd).st_mode)):
+                os.close(fd)
+        except OSError:
+            pass
+
+
 def hold(objects, group_id, keep, inodes):
     """The holder's life, in its own process inside the container: until the group leaves the
     record (chjoinctl stop, the epilog), SIGTERM/SIGINT/SIGHUP (it then withdraws the name), or,
@@ -228,6 +243,7 @@ def hold(objects, group_id, keep, inodes):
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda signum, frame: stop.append(signum))
     objects.reopen()
+    _close_channels(objects.fd)
     checkpoint("holder", "start")
     me = os.getpid()
     idle_since, next_count = None, 0.0

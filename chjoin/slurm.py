@@ -13,8 +13,9 @@ prolog: makes sure this node can start the job user's containers, else fails the
       --comment=chjoin-stage=PATH    copy SquashFS file PATH to $CHJOIN_STAGE_DIR/JOBID/NAME,
                                      if chjoin can run it (a sound superblock, the file whole)
 epilog: removes what chjoin left on this node for the ending job: holder processes of the
-  job's uid started within the job, the IPC objects of the job's Slurm tags, records of that uid
-  no live process uses any more, and the job's staging directory. Always exits 0.
+  job's uid started within the job (those of its named containers too: the job's names end with
+  it), the IPC objects of the job's Slurm tags and names, records of that uid no live process
+  uses any more, and the job's staging directory. Always exits 0.
 """
 
 import os
@@ -229,10 +230,12 @@ def kill_holders(job):
 
 def remove_ipc(job):
     """Unlink the job's records and semaphores: those of its Slurm tags (`slurm.JOB.STEP`, as
-    stored in each record: names say nothing), and any of its uid
+    stored in each record: names say nothing) and named containers (`name.JOB.NAME`), and any
+    of its uid
     that no live process uses (`ipc.sweep_all`, as `chjoinctl gc` does); returns what was
     removed: paths, and "holder pid N" for holders of groups that were over."""
-    done = ipc.sweep_all(f"chjoin-{job.uid}-", force_tag=f"slurm.{job.id}.")
+    done = ipc.sweep_all(f"chjoin-{job.uid}-",
+                         force_tag=(f"slurm.{job.id}.", f"name.{job.id}."))
     return [detail if what == "removed" else f"holder pid {detail}" for what, detail in done]
 
 

@@ -279,3 +279,24 @@ def test_chjoinctl_save_packs_the_root_with_its_changes_and_the_image_runs(as_us
         assert [p.name for p in out.iterdir()] == ["img.sqfs"]
     finally:
         subprocess.run(["rm", "-rf", str(out)])
+
+
+def test_the_spank_builder_creates_the_name_then_a_later_one_enters_it(as_user, image, name):
+    """As the plugin runs it for `srun --chjoin-name`: the first builds (-W, a file written by
+    its tasks would stay), the second, with no image, enters the same container."""
+    from test_spank_builder import run_builder
+
+    seen = []
+
+    def take(pid):
+        seen.append((os.readlink(f"/proc/{pid}/ns/user"), os.readlink(f"/proc/{pid}/ns/mnt")))
+    rc, err, records = run_builder(as_user, image, "-W", take=take, name=name)
+    assert (rc, records[-1]) == (0, ["R"]), err
+    rc, err, records = run_builder(as_user, "", "--set-env=LATER=1", take=take, name=name)
+    assert (rc, records[-1]) == (0, ["R"]), err
+    assert ["X", "LATER", "1"] in records
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert name in names_of(as_user)
+    rc, err, _ = run_builder(as_user, "", "-w", name=f"{name}:exec")
+    assert rc == 31 and err.strip().endswith(
+        f"--name {name}: the container has write mode -W 12%, this rank -w"), err
