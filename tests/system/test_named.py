@@ -300,3 +300,19 @@ def test_the_spank_builder_creates_the_name_then_a_later_one_enters_it(as_user, 
     rc, err, _ = run_builder(as_user, "", "-w", name=f"{name}:exec")
     assert rc == 31 and err.strip().endswith(
         f"--name {name}: the container has write mode -W 12%, this rank -w"), err
+
+
+def test_root_stops_another_users_container_as_its_owner(as_user, image, name, chjoin):
+    """`chjoinctl stop` run by root acts in a child with the owner's ids: it ends the test
+    user's container, and nothing of it is left."""
+    if as_user.who == "root":
+        pytest.skip("root's own containers: the user case is the point")
+    from conftest import Runner
+
+    assert as_user.run(f"--name={name}", "-W", image, "--", "true").returncode == 0
+    root = Runner(chjoin, "root")
+    assert name in names_of(root)
+    assert names_of(root)[name]["uid"] == as_user.uid
+    done = ctl(root, "stop", name, "--uid", as_user.uid)
+    assert done.returncode == 0, done.stderr
+    assert name not in names_of(as_user)

@@ -47,3 +47,17 @@ def test_squashfs_launches_import_nothing_heavy(as_user, squash_dir):
     assert group.returncodes == [0] * 3, [r.stderr for r in group.ranks]
     for rank in group.ranks:
         assert imported(rank.stderr) & (HEAVY | {"socket"}) == set()
+
+
+def test_creating_and_attaching_to_a_named_container_imports_nothing_heavy(as_user, image):
+    name = f"light-{as_user.who}"
+    try:
+        for args in ([f"--name={name}", image], [f"--name={name}"]):
+            result = as_user.run(*args, "--", "true", env={"PYTHONPROFILEIMPORTTIME": "1"})
+            assert result.returncode == 0, result.stderr
+            modules = imported(result.stderr)
+            assert "chjoin.named" in modules
+            assert modules & HEAVY == set()
+    finally:
+        from test_named import ctl
+        ctl(as_user, "stop", name)
