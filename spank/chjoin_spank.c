@@ -360,9 +360,12 @@ static int has_image(void)
     return image && *image && strcmp(image, "none");
 }
 
-/* A container for this step: an image, or a name (whose container may be running already). */
+/* A container for this step: an image, or a name (whose container may be running already);
+   --chjoin-image=none opts a step out of both. */
 static int wanted(void)
 {
+    if (image && !strcmp(image, "none"))
+        return 0;
     return has_image() || (name && *name);
 }
 

@@ -104,11 +104,14 @@ def test_an_attach_with_another_image_is_one_line_exit_31_and_exec_needs_one_run
         f"srun --chjoin-name=nx:exec true; echo rc-exec=$?",
         f"srun --chjoin-name=nx --chjoin-image={image} true",
         f"srun --chjoin-name=nx --chjoin-image=/tmp true; echo rc-other=$?",
-        f"srun --chjoin-name=nx:create --chjoin-image={image} true; echo rc-create=$?", ""])
+        f"srun --chjoin-name=nx:create --chjoin-image={image} true; echo rc-create=$?",
+        "srun --chjoin-name=nx --chjoin-image=none sh -c 'echo host-$(readlink "
+        "/proc/self/ns/user)'", ""])
     job_id, out = sbatch(as_user, script, ["-N1", "-n1"])
     wait_job(job_id)
     text = out.read_text()
     assert "rc-exec=31" in text and "rc-other=31" in text and "rc-create=31" in text, text
+    assert "host-user:[4026531837]" in text, text       # --chjoin-image=none opts out
     lines = errors(text)
     assert len(lines) == 3, text
     assert lines[0].endswith('--name nx: "exec": no container of that name is running '
