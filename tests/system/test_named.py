@@ -316,3 +316,29 @@ def test_root_stops_another_users_container_as_its_owner(as_user, image, name, c
     done = ctl(root, "stop", name, "--uid", as_user.uid)
     assert done.returncode == 0, done.stderr
     assert name not in names_of(as_user)
+
+
+def test_another_user_can_neither_enter_nor_stop_nor_see_your_container(as_user, image, name,
+                                                                       chjoin):
+    """The attacker (a second unprivileged user) names yours: its --name is its own (another
+    record), its --join-pid into your holder is refused by the kernel, its chjoinctl sees and
+    stops nothing of yours."""
+    if as_user.who == "root":
+        pytest.skip("the victim is the unprivileged test user")
+    from conftest import Runner
+
+    assert as_user.run(f"--name={name}", "-W", image, "--", "sh", "-c",
+                       "echo mine > /secret").returncode == 0
+    attacker = Runner(chjoin, "attacker")
+    [holder] = holders(as_user.uid)
+    done = attacker.run(f"--name={name}", "--", "cat", "/secret")
+    assert done.returncode == 31 and "no container of that name is running" in done.stderr
+    done = attacker.run(f"--join-pid={holder}", image, "--", "cat", "/secret")
+    assert done.returncode == 31 and "mine" not in done.stdout
+    assert errors(done.stderr), done.stderr
+    assert name not in names_of(attacker)
+    stop = ctl(attacker, "stop", name)
+    assert stop.returncode == 1 and "no container named" in stop.stderr
+    assert holders(as_user.uid) == [holder]
+    again = as_user.run(f"--name={name}", "--", "cat", "/secret")
+    assert (again.returncode, again.stdout) == (0, "mine\n")
