@@ -482,8 +482,8 @@ def sweep(name, tag=None, force_tag=None, dry_run=False):
     over (dismissing their holders), and unlink the record and its semaphore once no group is
     left. Only the record of `tag`, if given (the tag stored in it: names say nothing). A record
     whose stored tag starts with `force_tag` (a string, or a tuple of them) is unlinked whatever
-    its groups (the epilog, for a job's own tags); a corrupt one is unlinked too. A rank that merely created the name starts
-    over when it finds it unlinked under its lock.
+    its groups (the epilog, for a job's own tags); a corrupt one is unlinked too. A rank that
+    merely created the name starts over when it finds it unlinked under its lock.
     Returns [(what, detail)]: ("holder", pid) dismissed, ("removed", path); None if locked."""
     path = f"/dev/shm/{name}"
     try:
