@@ -7,7 +7,8 @@ messages and exit codes), or with `--chjoin-name` creates or enters the named co
 `chjoin --name=NAME[:FLAG]` does (chjoin.named), and, from inside it, writes on fd 3 the
 environment operations every task applies for itself (chjoin's rules: HOME, PATH, TMPDIR,
 --set-env, --unset-env, CH_RUNNING, PWD), then waits for the plugin to close the socket: by then
-the plugin holds the container's namespaces, and we exit. Each task enters them in C; no Python runs per task.
+the plugin holds the container's namespaces, and we exit. Each task enters them in C; no Python
+runs per task.
 
 Runs on every step's critical path, before any task starts: imports as little as the rank path.
 The wire format, read by `apply_ops` in the plugin: "LENGTH\\n", then LENGTH bytes of records,
