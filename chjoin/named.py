@@ -92,7 +92,7 @@ def run(launch, log):
     tag = scope_tag(launch.name, launch.environ)
     name = ipc.object_name(os.geteuid(), tag)
     what = f"--name {launch.name}"
-    mine = launch_tag(launch)
+    mine = launch_tag(launch) if launch.name_mode == "create" else None   # else when creating
     deadline = time.monotonic() + launch.join_timeout
     me = [os.getpid(), INSIDE, ns.start_time(os.getpid())]
     log.info(f"name: container {launch.name} ({scope_words(launch.name, launch.environ)}), "
@@ -125,7 +125,7 @@ def run(launch, log):
                                 f"({scope_words(launch.name, launch.environ)}), and no IMAGE "
                                 "was given to create it")
                 created = Group(0, launch.keep, record.stored_terms(launch.join_terms()), [me])
-                created.launch = mine
+                created.launch = mine or launch_tag(launch)
                 objects.commit(groups + [created])
             else:
                 if launch.name_mode == "create" and g.launch != mine:
