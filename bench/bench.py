@@ -475,7 +475,7 @@ def pingpong(tools, flavour, ways, reps, quick, timeout):
 
 def mpi_probe(tools, ways, reps, timeout):
     """bench/mpi_probe.py under Open MPI's mpirun -n 2, each way in turn: wall seconds of the
-    whole launch and what the ranks saw (CMA, libfabric, pml)."""
+    whole launch and what the ranks saw (CMA, pidfd_getfd, libfabric, pml)."""
     command = [tools["python"], f"{MPI_DIR}/mpi_probe.py"]
     out = {way: {"wall": [], "seen": [], "bad": []} for way in ways}
     for _ in range(reps):
@@ -530,7 +530,7 @@ def mpi_cases(tools, quick, step):
     if "Open MPI" not in results["skipped"]:
         ways = mpi_ways(tools, "Open MPI")
         ways["join, no /etc/openmpi"] = mpi_ways(tools, "Open MPI", False)["join"]
-        step("Open MPI probe: CMA, libfabric, pml, launch time")
+        step("Open MPI probe: CMA, pidfd_getfd, libfabric, pml, launch time")
         results["probe"] = mpi_probe(tools, ways, 2 if quick else 10, timeout)
     results["load"].append(os.getloadavg()[0])
     return results
@@ -917,10 +917,14 @@ def mpi_report(mpi):
     if probe:
         lines += ["", "### What the ranks get (Open MPI, `bench/mpi_probe.py`)", "",
                   "CMA: rank 0 reads rank 1's memory with `process_vm_readv(2)`, the single copy "
-                  "of Open MPI's vader and UCX's cma. *pickled*: mpi4py's `comm.sendrecv` (it "
-                  "receives by `MPI_Mprobe`). Launch: the whole `mpirun -n 2`, median.", "",
-                  "| ranks | CMA | libfabric loaded | pml | pickled sendrecv | launch | failed "
-                  "or hung |", "|---|---|---|---|---|---|---|"]
+                  "of Open MPI's vader and UCX's cma. *pidfd_getfd*: rank 0 takes a descriptor "
+                  "of rank 1 with `pidfd_open(2)` + `pidfd_getfd(2)`, how UCX's CUDA-VMM path and "
+                  "Level Zero pass GPU memory handles (the same kernel check as CMA; "
+                  "`bench/pidfd_probe.py`), and the time of one take, median of 1000. *pickled*: "
+                  "mpi4py's `comm.sendrecv` (it receives by `MPI_Mprobe`). Launch: the whole "
+                  "`mpirun -n 2`, median.", "",
+                  "| ranks | CMA | pidfd_getfd | one take | libfabric loaded | pml | pickled "
+                  "sendrecv | launch | failed or hung |", "|---|---|---|---|---|---|---|---|---|"]
         for way, r in probe.items():
             seen = r["seen"]
 
@@ -930,7 +934,10 @@ def mpi_report(mpi):
                          for v in (s[key] for s in seen)}
                 return ", ".join(sorted(shown)) or "–"
             wall = f"{med_ms(r['wall']) / 1000:.2f} s" if r["wall"] else "–"
-            lines.append(f"| {way} | {values('cma')} | {values('libfabric')} | "
+            takes = sorted(s["pidfd_us"] for s in seen if s.get("pidfd_us") is not None)
+            take = f"{takes[len(takes) // 2]:.1f} µs" if takes else "–"
+            lines.append(f"| {way} | {values('cma')} | {values('pidfd_getfd')} | {take} | "
+                         f"{values('libfabric')} | "
                          f"{values('pml')} | {values('pickled')} | {wall} | "
                          f"{len(r['bad'])}/{len(r['bad']) + len(seen)} |")
     return lines

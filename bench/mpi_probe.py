@@ -6,6 +6,10 @@ mpirun, on the host, joined, and in separate containers):
   name; it fails across user namespaces);
 - libfabric: whether libfabric is mapped in rank 0 (Open MPI loaded its OFI components);
 - pml: Open MPI's point-to-point layer left mapped after MPI_Init (ob1 or cm), if any;
+- pidfd_getfd: whether rank 0 can take a descriptor of rank 1 with pidfd_open(2) +
+  pidfd_getfd(2) — how UCX's CUDA-VMM path and Level Zero pass GPU memory handles ("ok" or the
+  errno name; the same kernel check as CMA), and pidfd_us: microseconds per take, median
+  (bench/pidfd_probe.py);
 - pickled: whether mpi4py's pickled point-to-point (`comm.sendrecv`, which receives by matched
   probe, MPI_Mprobe) works ("ok" or the error);
 - allreduce: the sum of 1..size, as a check that the ranks talk at all.
@@ -20,6 +24,8 @@ import os
 import struct
 
 from mpi4py import MPI
+
+from pidfd_probe import fetch_from, secret_fd
 
 
 class IoVec(ctypes.Structure):
@@ -50,12 +56,15 @@ def main():
     comm = MPI.COMM_WORLD
     assert comm.size == 2, "run with two ranks"
     secret = ctypes.create_string_buffer(b"chjoin-cma-probe", 16)
-    mine = (os.getpid(), ctypes.addressof(secret))
+    handle = secret_fd()
+    mine = (os.getpid(), ctypes.addressof(secret), handle)
     other = 1 - comm.rank
-    theirs = bytearray(16)
-    comm.Sendrecv(struct.pack("QQ", *mine), other, 0, theirs, other, 0)
-    data, error = read_other(*struct.unpack("QQ", theirs), 16)
+    theirs = bytearray(24)
+    comm.Sendrecv(struct.pack("QQQ", *mine), other, 0, theirs, other, 0)
+    pid, address, fd = struct.unpack("QQQ", theirs)
+    data, error = read_other(pid, address, 16)
     cma = error or ("ok" if data == b"chjoin-cma-probe" else "wrong data")
+    pidfd, pidfd_us = fetch_from(pid, fd)
     libfabric, pml = mapped()
     try:
         pickled = "ok" if comm.sendrecv(comm.rank, dest=other, source=other) == other else "wrong"
@@ -65,7 +74,8 @@ def main():
     comm.Allreduce(struct.pack("q", comm.rank + 1), total, op=MPI.SUM)
     comm.Barrier()                                  # rank 1 keeps `secret` until rank 0 read it
     if comm.rank == 0:
-        print(json.dumps({"cma": cma, "libfabric": libfabric, "pml": pml, "pickled": pickled,
+        print(json.dumps({"cma": cma, "pidfd_getfd": pidfd, "pidfd_us": pidfd_us,
+                          "libfabric": libfabric, "pml": pml, "pickled": pickled,
                           "allreduce": struct.unpack("q", total)[0]}), flush=True)
 
 

@@ -71,10 +71,10 @@ def split(text):
 
 def parse(image_ref, args, name=""):
     """--chjoin-args, IMAGE and --chjoin-name as chjoin's command line: (options, tokens),
-    refusing what is no container option here (--join*, --name, --help, --version, --feature,
-    stray words). With a name, IMAGE may be "": enter the running container of that name."""
-    words = split(args)
-    tokens = cli.normalize([*words, *([image_ref] if image_ref else []), *PLACEHOLDER])
+    refusing what is no container option here (--join*, --name, --seccomp, --help, --version,
+    --feature, stray words). With a name, IMAGE may be "": enter the running container of that
+    name."""
+    tokens = cli.normalize([*split(args), *([image_ref] if image_ref else []), *PLACEHOLDER])
     for token in tokens[:len(tokens) - 2 - bool(image_ref)]:
         option = token[2:].partition("=")[0] if token.startswith("--") else None
         if option in REFUSED:
@@ -82,7 +82,11 @@ def parse(image_ref, args, name=""):
                             "container per node")
         if option == "name":
             raise cli.Usage("--chjoin-args: --name: give srun --chjoin-name=NAME[:FLAG]")
-        if option in ("help", "version", "feature"):
+        if option == "seccomp":
+            raise cli.Usage("--chjoin-args: --seccomp: not under the SPANK plugin: its tasks "
+                            "are entered and exec'd by slurmstepd, where no per-process filter "
+                            "is installed (use srun chjoin --join --seccomp)")
+        if option in ("help", "usage", "version", "feature", "warnings", "test"):
             raise cli.Usage(f"--chjoin-args: --{option} is no container option")
     if name:
         tokens = [f"--name={name}", *tokens]
@@ -114,8 +118,20 @@ def operations(launch):
     return records
 
 
+MAX_BODY = 4 << 20      # spank/ops.h OPS_MAX: the plugin refuses a longer channel
+
+
 def encode(records):
-    body = b"".join(os.fsencode(field) + b"\0" for record in records for field in record)
+    """The channel: "LENGTH\\n", then each record's fields NUL-terminated. A field holding a NUL
+    would shift the framing, and one over the plugin's maximum would be refused: a `Fatal`."""
+    fields = [os.fsencode(field) for record in records for field in record]
+    for field in fields:
+        if b"\0" in field:
+            raise Fatal(f"the environment holds a NUL byte: {os.fsdecode(field[:64])!r}")
+    body = b"".join(field + b"\0" for field in fields)
+    if len(body) > MAX_BODY:
+        raise Fatal(f"the environment operations take {len(body)} bytes: over the SPANK "
+                    f"plugin's {MAX_BODY}")
     return b"%d\n" % len(body) + body
 
 

@@ -29,12 +29,24 @@ FLAG, COUNT, VALUE, LIST, OPTIONAL, ACTION = range(6)
 
 # (long name, short letter, kind, metavar, help); `--help` lists them in this order.
 OPTIONS = (
+    ("abort-fatal", "", FLAG, "", "exit abnormally on error, maybe dumping core"),
     ("bind", "b", LIST, "SRC[:DST]",
      "bind-mount host SRC at guest DST (default: same as SRC); repeatable"),
     ("cd", "c", VALUE, "DIR", "initial working directory in the container"),
-    ("env-no-expand", "", FLAG, "", "don't expand $ in later --set-env values"),
+    ("cdi", "d", OPTIONAL, "KIND",
+     "inject CDI resource(s) KIND (repeatable): every spec found if no KIND; "
+     "VENDOR/CLASS[=NAME[,NAME...]] or a spec file (*.json, *.yaml); implies -W"),
+    ("cdi-dirs", "", VALUE, "DIRS",
+     "director(y|ies) containing CDI specs (default: $CH_RUN_CDI_DIRS, else "
+     "/etc/cdi:/var/run/cdi)"),
+    ("color", "", OPTIONAL, "WHEN",
+     "specify when to use colored logging: auto (the default; when stderr is a terminal), "
+     "yes, no (and their synonyms tty, if-tty, always, force, never, none)"),
+    ("env-no-expand", "", FLAG, "", "don't expand $ in --set-env input"),
     ("feature", "", ACTION, "FEAT",
-     "exit 0 if FEAT (extglob, overlayfs, squash, seccomp) is supported, else 1"),
+     "exit 0 if FEAT (extglob, json, overlayfs, seccomp, squash, tmpfs-xattrs, yaml) is "
+     "supported, else 1"),
+    ("fuse-single", "", FLAG, "", "serve a SquashFS image with a single-threaded FUSE daemon"),
     ("gid", "g", VALUE, "GID", "run as GID within the container"),
     ("home", "", FLAG, "", "bind host $HOME at guest /home/$USER (implies -W)"),
     ("no-passwd", "", FLAG, "", "don't bind-mount generated /etc/{passwd,group}"),
@@ -61,8 +73,12 @@ OPTIONS = (
      "run in the named container NAME, kept after its ranks exit: FLAG create builds it, exec "
      "enters a running one (then IMAGE may be omitted: chjoin --name=NAME -- CMD), auto "
      "(default) whichever applies; under Slurm NAME belongs to the job"),
+    ("test", "", VALUE, "TEST", "do test TEST (log, log-fail: ch-run's logging tests)"),
     ("quiet", "q", COUNT, "",
      "print less: -q hides CMD's stdout, -qq also warnings, -qqq also CMD's stderr"),
+    ("seccomp", "", FLAG, "",
+     "fake success for some syscalls with seccomp(2): chown, setuid, setgroups, mknod of "
+     "devices... (root emulation for package managers, with -W)"),
     ("storage", "s", VALUE, "DIR",
      "storage directory (default: $CH_IMAGE_STORAGE or /var/tmp/$USER.ch)"),
     ("set-env", "", OPTIONAL, "ARG",
@@ -80,15 +96,22 @@ OPTIONS = (
     ("unset-env", "", LIST, "GLOB",
      "unset variables whose names match GLOB (extglob, e.g. '!(HOME|PATH)')"),
     ("verbose", "v", COUNT, "", "print more (repeatable)"),
+    ("warnings", "", ACTION, "NUM", "log NUM warnings and exit"),
     ("write", "w", FLAG, "", "mount the image read-write"),
     ("write-fake", "W", OPTIONAL, "SIZE",
      "overlay a tmpfs (default 12% of memory) on the image: writes vanish at exit"),
-    ("help", "?", ACTION, "", "print this help and exit"),
+    ("help", "?", ACTION, "", "give this help list"),
+    ("usage", "", ACTION, "", "give a short usage message"),
     ("version", "V", ACTION, "", "print the version and exit"),
 )
 _KIND = {name: kind for name, _, kind, _, _ in OPTIONS}
 _LONG = {short: name for name, short, _, _, _ in OPTIONS if short}
-_DEFAULT = {"set-env": IMAGE_ENV, "set-env0": IMAGE_ENV, "write-fake": WRITE_FAKE_DEFAULT_SIZE}
+CDI_ALL = "\0all"       # a bare -d / --cdi (chjoin.cdi.ALL): every spec
+_DEFAULT = {"set-env": IMAGE_ENV, "set-env0": IMAGE_ENV, "write-fake": WRITE_FAKE_DEFAULT_SIZE,
+            "color": "auto", "cdi": CDI_ALL}
+_ACTION_VALUE = ("feature", "warnings")       # ACTION options that take a value
+COLOR_SYNONYMS = {"auto": "auto", "tty": "auto", "if-tty": "auto", "yes": "yes",
+                  "always": "yes", "force": "yes", "no": "no", "never": "no", "none": "no"}
 _ENV_OPTIONS = ("--set-env=", "--set-env0=", "--unset-env=", "--env-no-expand")
 
 
@@ -107,8 +130,12 @@ def normalize(args):
             if "=" in name or kind is None:
                 out.append(token)
             elif kind == OPTIONAL:
-                out.append(f"{token}={_DEFAULT[name]}")
-            elif kind in (VALUE, LIST) or name == "feature":
+                value = _DEFAULT[name]
+                if name == "cdi" and _cdi_value_follows(args, i):
+                    value = args[i]
+                    i += 1
+                out.append(f"{token}={value}")
+            elif kind in (VALUE, LIST) or name in _ACTION_VALUE:
                 if i < len(args):
                     out.append(f"{token}={args[i]}")
                     i += 1
@@ -128,10 +155,23 @@ def normalize(args):
                 out.append(f"--{name}={rest}")
                 break
             if kind == OPTIONAL:
+                if name == "cdi" and not rest and _cdi_value_follows(args, i):
+                    rest = args[i]
+                    i += 1
                 out.append(f"--{name}={rest or _DEFAULT[name]}")
                 break
             out.append(f"--{name}" if name else f"-{c}")
     return out
+
+
+def _cdi_value_follows(args, i):
+    """A bare -d/--cdi followed by a word that is a CDI device name (and no path), then more
+    words that are not `-- CMD`: the word is -d's value (ch-run would take it as IMAGE)."""
+    if i + 1 >= len(args) or args[i].startswith("-") or args[i + 1] == "--":
+        return False          # `-d IMAGE -- CMD`: the word is IMAGE
+    from chjoin import cdi
+
+    return cdi.looks_like_request(args[i])
 
 
 class Usage(Exception):
@@ -150,15 +190,17 @@ def parse(tokens):
         if kind is None:
             shown = tokens[i].partition("=")[0] if tokens[i].startswith("--") else tokens[i]
             raise Usage(f"unknown option: {shown} (see --help)")
-        if attached and kind in (FLAG, COUNT) or (attached and name in ("help", "version")):
+        if attached and kind in (FLAG, COUNT) or (attached and kind == ACTION
+                                                    and name not in _ACTION_VALUE):
             raise Usage(f"option --{name} takes no value")
-        if not attached and kind in (VALUE, LIST) or (not attached and name == "feature"):
+        if not attached and kind in (VALUE, LIST) or (not attached and name in _ACTION_VALUE):
             raise Usage(f"option --{name} requires an argument")
         if kind == ACTION:
-            sys.exit(_action(name, value))
+            sys.exit(_action(name, value, options))
         options[name] = (options[name] + 1 if kind in (FLAG, COUNT) else
                          options[name] + [value] if kind in (LIST, OPTIONAL) else value)
         i += 1
+    logging_options(options)
     if options["name"] is not None and tokens[i:i + 1] == ["--"] and "--" not in tokens[i + 1:]:
         if len(tokens) == i + 1:        # --name with no IMAGE: `chjoin --name=NAME -- CMD`
             raise Usage(f"missing command: {NAMED_USAGE}")
@@ -169,26 +211,67 @@ def parse(tokens):
     image, command = rest[0], rest[1:]
     if command[:1] == ["--"]:
         command = command[1:]
-    if not command:
-        raise Usage(f"missing command: {USAGE}")
     return options, image, command
 
 
-def _action(name, value):
-    """--help, --version, --feature=FEAT: print or answer, and the exit code."""
+def logging_options(o):
+    """--color, --abort-fatal and --test, which ch-run applies once the options are parsed
+    (before IMAGE is looked at: `--test=log` needs none)."""
+    from chjoin import log
+
+    if o["color"]:
+        when = COLOR_SYNONYMS.get(o["color"][-1])
+        if when is None:
+            raise Fatal(f"--color: invalid arg: {o['color'][-1]}")
+        log.set_color(when)
+    else:
+        log.set_color("auto")
+    if o["abort-fatal"]:
+        log.set_abort_fatal()
+    if o["test"] is not None:
+        if o["test"] not in ("log", "log-fail"):
+            raise Fatal(f"invalid --test argument: {o['test']}; see source code")
+        verbosity = verbosity_of(o["verbose"], o["quiet"])
+        for level, shown_from in (("trace", 3), ("debug", 2), ("info", 1), ("notice", 0)):
+            if verbosity >= shown_from:
+                log.emit(level, {"info": "verbose", "notice": "info"}.get(level, level))
+        Log(verbosity).warning("warning")
+        if o["test"] == "log-fail":
+            raise Fatal('the program failed inexplicably ("log-fail" specified)')
+        warnings_reprint()
+        sys.exit(0)
+
+
+def _action(name, value, options):
+    """--help, --usage, --version, --feature=FEAT, --warnings=NUM: print or answer, and the exit
+    code."""
     if name == "help":
         print(help_text(), end="")
         return 0
+    if name == "usage":
+        print(usage_text(), end="")
+        return 0
     if name == "version":
         print(__version__)
+        return 0
+    if name == "warnings":
+        count = parse_int(value, "--warnings")
+        log = Log(verbosity_of(options["verbose"], options["quiet"]))
+        for n in range(1, count + 1):
+            log.warning(f"this is warning {n}!")
+        warnings_reprint()      # ch-run's exit handler reprints them, even on success
         return 0
     return feature(value)
 
 
 def feature(name):
     """--feature=FEAT: 0 if supported, 1 if known but not supported here."""
-    if name == "extglob":
+    if name in ("extglob", "json"):
         return 0
+    if name == "yaml":
+        import importlib.util
+
+        return 0 if importlib.util.find_spec("yaml") else 1
     if name == "overlayfs":
         with open("/proc/filesystems") as f:
             return 0 if "\toverlay\n" in f.read() else 1
@@ -196,9 +279,43 @@ def feature(name):
         from chjoin import image
 
         return 0 if image.squashfs_supported(os.environ) else 1
-    if name in ("seccomp", "tmpfs-xattrs"):
-        return 1
+    if name == "seccomp":
+        return 0
+    if name == "tmpfs-xattrs":
+        from chjoin import ns
+
+        return 0 if ns.tmpfs_user_xattrs() else 1
     raise Fatal(f"unknown feature: {name}")
+
+
+def usage_text(width=79):
+    """--usage: argp's short usage message: the flags, the short options with values, then
+    every long option, wrapped."""
+    flags = "".join(sorted((short for _, short, kind, _, _ in OPTIONS
+                            if short and kind in (FLAG, COUNT, ACTION)),
+                           key=lambda c: (c != "?", c.lower(), c.isupper())))
+    words = [f"[-{flags}]"]
+    for name, short, kind, metavar, _ in OPTIONS:
+        if short and kind in (VALUE, LIST):
+            words.append(f"[-{short} {metavar}]")
+        elif short and kind == OPTIONAL:
+            words.append(f"[-{short}[{metavar}]]")
+    for name, short, kind, metavar, _ in sorted(OPTIONS):
+        if kind == OPTIONAL:
+            words.append(f"[--{name}[={metavar}]]")
+        elif metavar:
+            words.append(f"[--{name}={metavar}]")
+        else:
+            words.append(f"[--{name}]")
+    words += USAGE.split()[2:]
+    lines, line = [], "Usage: chjoin"
+    for word in words:
+        if len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = " " * 12 + word
+        else:
+            line += " " + word
+    return "\n".join(lines + [line]) + "\n"
 
 
 def help_text(width=80):
@@ -207,8 +324,9 @@ def help_text(width=80):
 
     about = ("Run CMD in an unprivileged container made from IMAGE: a directory, a SquashFS "
              "file, the name of an image in the storage directory, or / (the host's own tree, "
-             "in new namespaces). With --join, the ranks of one launch on one node share one "
-             "container.")
+             "in new namespaces). Without CMD, or with CMD -, the image's ENTRYPOINT and CMD "
+             "(/ch/metadata.json) make the command. With --join, the ranks of one launch on "
+             "one node share one container.")
     lines = [f"Usage: {USAGE}", "", *textwrap.wrap(about, width), ""]
     for name, short, kind, metavar, text in OPTIONS:
         names = f"-{short}, --{name}" if short else f"    --{name}"
@@ -246,17 +364,22 @@ def parse_bind(text):
     return BindSpec(src, dst)
 
 
-def env_ops(tokens):
-    """The environment operations in command-line order, host files read now."""
+def env_ops(tokens, cdi_env=()):
+    """The environment operations in command-line order, host files read now; each -d's
+    environment (`cdi_env`, one tuple of pairs per -d) where that -d is, as ch-run does.
+    --env-no-expand applies to every --set-env, wherever it stands (ch-run 0.45)."""
     ops = []
-    expand = True
-    for token in tokens:
-        if token == "--" or not token.startswith("--"):
-            break
-        if token == "--env-no-expand":
-            expand = False
+    options = tokens[:next((i for i, t in enumerate(tokens)
+                            if t == "--" or not t.startswith("--")), len(tokens))]
+    expand = "--env-no-expand" not in options
+    cdi_env = list(cdi_env)
+    for token in options:
+        if token.startswith("--cdi=") and cdi_env:
+            pairs = cdi_env.pop(0)
+            if pairs:
+                ops.append(envmod.SetVars(pairs, False))
             continue
-        if not token.startswith(_ENV_OPTIONS):
+        if token == "--env-no-expand" or not token.startswith(_ENV_OPTIONS):
             continue
         name, _, value = token[2:].partition("=")
         if not value:
@@ -338,9 +461,9 @@ def given_terms(o, image_ref):
     a named container must agree on; a term it leaves unset is the container's."""
     given = ["image"] * (image_ref is not None)
     given += ["uid:gid"] * (o["uid"] is not None or o["gid"] is not None)
-    given += ["write mode"] * bool(o["write"] or o["write-fake"] or o["home"])
+    given += ["write mode"] * bool(o["write"] or o["write-fake"] or o["home"] or o["cdi"])
     given += ["mount options"] * bool(o["bind"] or o["home"] or o["private-tmp"] or
-                                      o["no-passwd"])
+                                      o["no-passwd"] or o["cdi"])     # -d is a mount option
     return tuple(given)
 
 
@@ -398,10 +521,19 @@ def find_image(image_ref, o, user_name, environ, log):
     if storage is not None and not os.path.exists(storage):
         log.warning(f"storage directory not found: {storage}")
     found = imagemod.find(image_ref, storage or imagemod.default_storage(environ, user_name),
-                          bool(o["unsafe"]), log.warning if storage is None else None)
+                          bool(o["unsafe"]), log.warning if storage is None else None,
+                          log.warning)
     if found.by_name and o["write"] and not o["unsafe"]:
         raise Fatal("--write invalid when running by name")
     return found
+
+
+def storage_of(o, user_name, environ):
+    """The storage directory, as ch-run's -v line names it (made absolute where it exists)."""
+    from chjoin import image as imagemod
+
+    storage = o["storage"] or imagemod.default_storage(environ, user_name)
+    return os.path.realpath(storage) if os.path.exists(storage) else storage
 
 
 def squash_mount_of(found, o, user_name, log):
@@ -428,8 +560,17 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
     log = Log(verbosity, clock)
     binds = tuple(parse_bind(b) for b in o["bind"])
     identity = identity_of(o["uid"], o["gid"], environ)
-    ops = env_ops(tokens)
+    devices = None
+    if o["cdi-dirs"] == "":
+        raise Fatal("--cdi-dirs: PATHS must be non-empty")
+    if o["cdi"]:
+        from chjoin import cdi
+
+        devices = cdi.select(o["cdi"], o["cdi-dirs"], environ, log)
+    ops = env_ops(tokens, devices.env if devices else ())
     write_fake = o["write-fake"][-1] if o["write-fake"] else None
+    if devices is not None and write_fake is None and not o["write"]:
+        write_fake = WRITE_FAKE_DEFAULT_SIZE        # -d implies -W, silently, as in ch-run
     home = None
     if o["home"]:
         home = environ.get("HOME")
@@ -447,12 +588,15 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
     else:
         found = find_image(image_ref, o, identity.user_name, environ, log)
         squash_mount = squash_mount_of(found, o, identity.user_name, log)
+    newroot = found.path            # ch-run's -v `newroot:`: a SquashFS image's is its -m
+    if squash_mount is not None:
+        newroot = os.path.realpath(o["mount"]) if o["mount"] else "(null)"
     if found.path == "/":       # the host's root as image
         if write_fake is not None:
-            raise Fatal(f"{'--home' if home else '--write-fake'} invalid with the host's root "
-                        "as image: there is no image to overlay")
-        log.warning("image is the host's root (/): new namespaces on the host's own tree, "
-                    "no default binds, --no-passwd; this is not a container")
+            raise Fatal(f"{'--home' if home else '--cdi' if devices else '--write-fake'} "
+                        "invalid with the host's root as image: there is no image to overlay")
+        log.info("image is the host's root (/): new namespaces on the host's own tree, "
+                 "no default binds, --no-passwd; this is not a container")
         generate_passwd = False
     if generate_passwd and not identity.passwd_entry:
         log.info(f"UID {identity.uid} not found; using dummy info")
@@ -462,13 +606,17 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
         log.warning("$PATH not set")
     clock.done("image")
     return Launch(image=found.path, image_ref=image_ref, command=tuple(cmd), identity=identity,
-                  squash_mount=squash_mount,
+                  squash_mount=squash_mount, storage=storage_of(o, identity.user_name, environ),
+                  newroot=newroot,
+                  seccomp=bool(o["seccomp"]), fuse_single=bool(o["fuse-single"]),
+                  unsafe=bool(o["unsafe"]),
                   binds=binds, cd=o["cd"], write=bool(o["write"]), write_fake=write_fake,
                   home=home, private_tmp=bool(o["private-tmp"]),
                   host_tmp=environ.get("TMPDIR") or "/tmp",
                   generate_passwd=generate_passwd, env_ops=ops, verbosity=verbosity,
+                  devices=devices, given=given_terms(o, image_ref),
                   timings=timings_target(o["timings"], environ), environ=dict(environ),
-                  given=given_terms(o, image_ref), **join, **named)
+                  **join, **named)
 
 
 def main(argv=None):
@@ -494,11 +642,16 @@ def main(argv=None):
 def exit_failed(e, clock):
     """End a failed launch as ch-run does: its timings, one error line (a `Fatal`'s message, or
     an unexpected `OSError`'s), the warnings printed so far again, and the exit code."""
+    from chjoin import log
+
     clock.report(failed=True)
     if isinstance(e, Fatal):
         error(str(e))
     else:
         error(f"{e.strerror or e}{': ' + e.filename if e.filename else ''}")
+    if log.abort_fatal():        # --abort-fatal: as ch-run, abort(3) before any exit handler
+        flush_stdio()
+        os.abort()
     warnings_reprint()
     flush_stdio()
     sys.exit(e.code if isinstance(e, Fatal) else EXIT_ERROR)

@@ -32,6 +32,9 @@ class Launch(Value):
     command: tuple
     identity: Identity
     squash_mount: str | None = None  # a SquashFS image: its mount point (-m); None: a directory
+    storage: str = ""                # the storage directory (-s, $CH_IMAGE_STORAGE, default)
+    newroot: str = ""                # what ch-run's -v calls it: the image, or -m (or "(null)")
+    unsafe: bool = False             # --unsafe
     binds: tuple = ()
     cd: str | None = None
     write: bool = False
@@ -42,11 +45,14 @@ class Launch(Value):
     generate_passwd: bool = True
     env_ops: tuple = ()
     verbosity: int = 0
+    devices: object = None           # -d: a `chjoin.cdi.Selection`, or None
     join: bool = False               # -j, or implied by --join-ct / --join-tag
     join_count: int | None = None    # --join-ct
     join_tag: str | None = None      # --join-tag
     join_pid: int | None = None      # --join-pid
     join_timeout: float = 30.0       # --join-timeout, $CHJOIN_JOIN_TIMEOUT
+    fuse_single: bool = False        # --fuse-single: the SquashFS daemon single-threaded
+    seccomp: bool = False            # --seccomp: root emulation, installed in each rank
     timings: str | None = None       # --timings, $CHJOIN_TIMINGS: "stderr", a file, or None
     name: str | None = None          # --name NAME: a named container (chjoin.named)
     name_mode: str = "auto"          # --name NAME:FLAG: "auto", "create" or "exec"
@@ -63,5 +69,7 @@ class Launch(Value):
         mounts = [f"-b {b.src}:{b.dst}" for b in self.binds]
         mounts += ["--home"] * bool(self.home) + ["-t"] * self.private_tmp
         mounts += ["--no-passwd"] * (not self.generate_passwd)
+        if self.devices is not None:      # the record holds four terms: CDI is a mount option
+            mounts.append(f"-d {self.devices.terms}")
         return [("image", self.image), ("uid:gid", f"{ident.uid}:{ident.gid}"),
                 ("write mode", write), ("mount options", " ".join(mounts) or "none")]

@@ -42,9 +42,13 @@ def parse_assignment(text, where):
 
 
 def parse_file(text, delimiter, path):
-    """The assignments of a `--set-env` file: one per line (or per NUL), blank ones skipped."""
+    """The assignments of a `--set-env` file: one per line (or per NUL), blank ones skipped. A
+    NUL inside an assignment is refused: no environment can hold it (and the SPANK plugin's
+    records are NUL-terminated)."""
     pairs = []
     for number, line in enumerate(text.split(delimiter), start=1):
+        if "\0" in line:
+            raise Fatal(f"--set-env: can't parse variable: NUL byte: {path}:{number}")
         if line.strip():
             pairs.append(parse_assignment(line, f"{path}:{number}"))
     return tuple(pairs)

@@ -93,6 +93,8 @@ def plan(launch):
         ops.append(Bind(launch.host_tmp, "/tmp", create=writable))
     if launch.home is not None:
         ops.append(Bind(launch.home, f"/home/{launch.identity.user_name}", create=True))
+    if launch.devices is not None:     # -d: the specs' binds, before the user's (which win)
+        ops += [Bind(src, dst, create=writable) for src, dst in launch.devices.binds]
     ops += [Bind(b.src, b.dst, create=writable) for b in launch.binds]
     return sorted(ops, key=_depth_key)  # stable: among equal paths, the user's come last
 
@@ -326,7 +328,15 @@ def _create(host, directory):
         os.close(os.open(host, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644))
 
 
-def _overmount(parent):
+def writable_directory(path, leave_out=()):
+    """Make directory `path` of the container writable (a tmpfs over it that shows the same
+    entries, as `_overmount`), leaving out the entries named in `leave_out`: they are then
+    ordinary files that may be replaced (ldconfig renames its new cache onto /etc/ld.so.cache,
+    which a bind mount would refuse)."""
+    _overmount(path, leave_out)
+
+
+def _overmount(parent, leave_out=()):
     """Cover unwritable directory `parent` with a tmpfs that shows the same entries.
 
     Each old entry reappears as a bind of the original (symlinks as copies), so the directory
@@ -334,7 +344,7 @@ def _overmount(parent):
     """
     old = os.open(parent, os.O_PATH | os.O_DIRECTORY)
     try:
-        entries = os.listdir(f"/proc/self/fd/{old}")
+        entries = [n for n in os.listdir(f"/proc/self/fd/{old}") if n not in leave_out]
         mode = stat.S_IMODE(os.stat(parent).st_mode)
         _mount("tmpfs", parent, "tmpfs", 0, f"size=1m,mode={mode:o}",
                what=f"can't overmount {parent}")

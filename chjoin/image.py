@@ -60,15 +60,41 @@ def storage_name(ref):
     return ref.replace("/", "%").replace(":", "+")
 
 
-def find(ref, storage, unsafe=False, warn=None):
+def storage_problem(storage, name, uid):
+    """(path, problem): the directory of image `name` in `storage`, and why another user than
+    `uid` (or root) could have made or changed it ("" if nobody could): the storage directory,
+    its `img/` and the entry must be theirs, not writable by others, and the directories above
+    the storage directory too (`owned`); `img/` is no symlink; an entry that is one (made by
+    the owner of `img/`, who alone can) leads to a directory checked the same way."""
+    from chjoin import owned
+
+    real = os.path.realpath(storage)
+    img = f"{real}/img"
+    entry = f"{img}/{name}"
+    problem = (owned.dir_problem(real, uid) or owned.entry_problem(img, uid, sticky_ok=False))
+    if problem:
+        return entry, problem
+    if os.path.islink(entry):
+        entry = os.path.realpath(entry)
+        return entry, owned.dir_problem(entry, uid)
+    return entry, owned.entry_problem(entry, uid, sticky_ok=False)
+
+
+def find(ref, storage, unsafe=False, warn=None, distrust=None):
     """The image that `ref` names, or a `Fatal` saying why it names none. `unsafe` (--unsafe)
     allows a directory inside the storage directory; `warn(message)`, when given, is told that
-    a storage directory that does not exist was searched for a name that is no path either."""
+    a storage directory that does not exist was searched for a name that is no path either.
+    A name is looked up in storage only if the storage is this user's own (`storage_problem`):
+    otherwise `distrust(message)` is told, and `ref` is taken as a path."""
     if not ref:
         raise Fatal("can't find image: empty name")
     named = os.path.join(storage, "img", storage_name(ref))
     if os.path.isdir(named):
-        return Image(os.path.realpath(named), by_name=True)
+        entry, problem = storage_problem(storage, storage_name(ref), os.geteuid())
+        if not problem:
+            return Image(entry, by_name=True)
+        if distrust is not None:
+            distrust(f"image {ref} not run from storage: {problem}; taking it as a path")
     try:
         is_dir = stat.S_ISDIR(os.stat(ref).st_mode)
     except OSError as e:
@@ -146,7 +172,7 @@ class SquashDaemon:
     """The `squashfuse_ll` of one container: made (helper forked) before `unshare`, then
     `mount()`ed from inside the new mount namespace. See the module's docstring."""
 
-    def __init__(self, image, mount_dir, environ):
+    def __init__(self, image, mount_dir, environ, single_threaded=False):
         """Check everything that can be checked outside, then fork the helper. `image` is the
         real path of the SquashFS file, `mount_dir` the -m directory (created if missing)."""
         import _socket
@@ -159,18 +185,14 @@ class SquashDaemon:
         problem = fuse_problem()
         if problem:
             raise _squash_error(f"can't mount SquashFS image {image}: {problem}")
-        try:
-            os.makedirs(mount_dir, exist_ok=True)
-        except OSError as e:
-            reason = "Not a directory" if os.path.lexists(mount_dir) else e.strerror
-            raise _squash_error(f"can't make SquashFS mount point {mount_dir}: "
-                                f"{reason}") from None
+        make_mount_point(mount_dir, os.geteuid())
         image_fd = self._open_image()
         try:
             self.socket, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
             self.stderr, their_stderr = os.pipe()
             try:
-                _spawn_helper(program, image_fd, theirs.fileno(), their_stderr)
+                _spawn_helper(program, image_fd, theirs.fileno(), their_stderr,
+                              single_threaded)
             finally:
                 theirs.close()
                 os.close(their_stderr)
@@ -249,7 +271,45 @@ class SquashDaemon:
         return next((line for line in lines if line), "")
 
 
-def _spawn_helper(program, image_fd, socket_fd, stderr_fd):
+def make_mount_point(mount_dir, uid):
+    """Make the SquashFS mount point `mount_dir` where missing (0755, each directory), once the
+    directories above it are known to be `uid`'s or root's and writable by nobody else; then
+    check it too. A `Fatal` (exit 84) names a directory another user controls, and its owner:
+    they could make the container's root their own tree."""
+    from chjoin import owned
+
+    missing, existing = [], mount_dir
+    while not os.path.lexists(existing):
+        missing.append(existing)
+        existing = os.path.dirname(existing)
+    problem = owned.parents_problem(f"{existing}/-", uid) if missing else ""
+    if problem:
+        raise _squash_error(f"can't make SquashFS mount point {mount_dir}: {problem}")
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            reason = "Not a directory" if e.errno == 20 else e.strerror
+            raise _squash_error(f"can't make SquashFS mount point {mount_dir}: "
+                                f"{reason}") from None
+    problem = owned.parents_problem(mount_dir, uid)
+    if not problem:
+        try:
+            st = os.stat(mount_dir)
+        except OSError as e:
+            raise _squash_error(f"can't make SquashFS mount point {mount_dir}: "
+                                f"{e.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise _squash_error(f"can't make SquashFS mount point {mount_dir}: Not a directory")
+        real = os.path.realpath(mount_dir)      # a symlink: what it leads to, checked alike
+        problem = owned.parents_problem(real, uid) or owned.entry_problem(real, uid)
+    if problem:
+        raise _squash_error(f"can't use SquashFS mount point {mount_dir}: {problem}")
+
+
+def _spawn_helper(program, image_fd, socket_fd, stderr_fd, single_threaded=False):
     """Double-fork the daemon's helper in its own session, outside any namespace we make next;
     returns once the intermediate child is reaped (the helper is nobody's child of ours, so the
     command we exec never inherits it)."""
@@ -265,14 +325,14 @@ def _spawn_helper(program, image_fd, socket_fd, stderr_fd):
                 for signum in (*leaving, signal.SIGPIPE):
                     signal.signal(signum, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_SETMASK, ())
-                _helper(program, image_fd, socket_fd, stderr_fd)
+                _helper(program, image_fd, socket_fd, stderr_fd, single_threaded)
         finally:
             os._exit(0)
     os.waitpid(child, 0)
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
-def _helper(program, image_fd, socket_fd, stderr_fd):
+def _helper(program, image_fd, socket_fd, stderr_fd, single_threaded=False):
     """The helper: hold nothing but the socket, the image and the stderr pipe; wait for the
     /dev/fuse descriptor (EOF: the launch failed first, leave) and become the daemon.
 
@@ -304,7 +364,57 @@ def _helper(program, image_fd, socket_fd, stderr_fd):
     os.set_inheritable(fuse, True)
     os.set_inheritable(image_fd, True)
     try:
-        os.execv(program, [program, "-f", f"/dev/fd/{image_fd}", f"/dev/fd/{fuse}"])
+        single = ["-s"] if single_threaded else []     # --fuse-single
+        os.execv(program, [program, "-f", *single, f"/dev/fd/{image_fd}", f"/dev/fd/{fuse}"])
     except OSError as e:
         os.write(2, f"can't exec {program}: {e.strerror}\n".encode())
     os._exit(127)
+
+
+METADATA = "/ch/metadata.json"      # ch-image's record of the image: ENTRYPOINT and CMD too
+
+
+def default_command_reader():
+    """`default_command`, with what it needs imported now, outside the container."""
+    import json  # noqa: F401  (imported here: inside the container our venv is out of sight)
+
+    return default_command
+
+
+def default_command(given, log, metadata=METADATA):
+    """The command when none was given (`chjoin IMG`) or it is `-` (`chjoin IMG -- - ARG...`),
+    read inside the container from the image's /ch/metadata.json as Docker's rules combine
+    ENTRYPOINT and CMD: no command runs ENTRYPOINT + CMD; `-` runs ENTRYPOINT + the ARGs that
+    follow it, or ENTRYPOINT + CMD when none do."""
+    import json
+
+    try:
+        with open(metadata, "rb") as f:
+            data = json.loads(f.read())
+    except OSError as e:
+        raise Fatal(f"no command given and can't read {metadata}: {e.strerror}") from None
+    except ValueError as e:
+        raise Fatal(f"no command given and can't parse {metadata}: {e}") from None
+    command = command_from_metadata(given, data if isinstance(data, dict) else {}, metadata)
+    log.info(f"default command: {' '.join(command)} (from {metadata})")
+    return command
+
+
+def command_from_metadata(given, data, where=METADATA):
+    """Pure: the command `given` (() or ("-", ARG...)) resolved against metadata `data`."""
+    def words(key):
+        value = data.get(key)
+        if value is None:
+            return []
+        if isinstance(value, str):          # the shell form, as ch-image may store it
+            return [*data.get("shell", ["/bin/sh", "-c"]), value]
+        if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+            raise Fatal(f"{where}: {key} must be a list of strings")
+        return value
+
+    entrypoint, cmd = words("entrypoint"), words("cmd")
+    args = list(given[1:])
+    command = entrypoint + (args or cmd)
+    if not command:
+        raise Fatal(f"no command given and the image has no ENTRYPOINT or CMD ({where})")
+    return tuple(command)

@@ -1,7 +1,11 @@
 """The rendezvous: the first rank of a group builds the container, the others enter it.
 
 Two objects per user and tag, both created 0600 and owner-checked: a shared-memory record
-`/dev/shm/chjoin-<uid>-<tag>` and a semaphore `/dev/shm/sem.chjoin-<uid>-<tag>`.
+`/dev/shm/chjoin-<uid>-<hex>` and a semaphore `/dev/shm/sem.chjoin-<uid>-<hex>`, under a name no
+other user can compute (`chjoin.names`). A record name that another user holds anyway (seen in
+/dev/shm and taken after our group ended) is skipped: every rank walks the tag's names in one order
+and meets the others at the first whose record is free or ours. A semaphore taken by another user
+(made the moment our record appeared) is not used: the ranks poll the record instead.
 
 The record (its layout and bounded parse: `chjoin.record`) holds the tag and a small table of
 the tag's *groups* (at most `MAX_GROUPS` at once). A group is one
@@ -29,6 +33,7 @@ import _signal as signal    # `signal` is this plus enums, whose import costs ev
 import fcntl
 import mmap
 import os
+import stat
 import time
 
 import posix_ipc
@@ -42,16 +47,7 @@ TICK = 0.1            # seconds between re-reads of the record while waiting, an
 GRACE = 2.0           # seconds past its deadline that a holder waits for ranks still joining
 _NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGHUP: "SIGHUP"}
 _DEFERRED = set(_NAMES)   # leave the group when received; held off while the lock is held
-
-
-def object_name(uid, tag):
-    """`/chjoin-<uid>-<tag>`, with the tag kept to characters every POSIX IPC name allows;
-    a tag that had to change, or is long, gets a digest so that different tags never meet."""
-    safe = "".join(c if c.isalnum() or c in "._-@+" else "_" for c in tag)
-    if safe != tag or len(safe) > 64:
-        import hashlib
-        safe = f"{safe[:40]}~{hashlib.sha256(tag.encode()).hexdigest()[:16]}"
-    return f"/chjoin-{uid}-{safe}"
+SIGNALS = frozenset(_DEFERRED)
 
 
 def difference(g, expected, terms):
@@ -102,6 +98,26 @@ def is_open(g, now):
     return g.state in (SETUP, READY) and len(g.slots) < g.expected and now < g.deadline
 
 
+class Taken(Fatal):
+    """Another user holds (an object under) this name: the next name of the tag is tried."""
+
+
+class _NoSemaphore:
+    """Stands in for a semaphore that another user made under our record's name (seen the
+    moment our record appeared): it only ever woke waiters, so they poll the record instead."""
+
+    POLL = 0.01
+
+    def __init__(self, reason):
+        self.reason = reason
+
+    def release(self):
+        pass
+
+    def acquire(self, timeout):
+        time.sleep(min(timeout, self.POLL))
+
+
 class LockTimeout(Fatal):
     """The record's lock stayed taken (by a process stopped while holding it) past a deadline."""
 
@@ -120,35 +136,48 @@ class Objects:
         if os.fstat(self.fd).st_size < SIZE:
             os.ftruncate(self.fd, SIZE)
         self.map = mmap.mmap(self.fd, SIZE)
-        self.sem = self._open_semaphore()
+        checkpoint("any", "record")      # the record is there, its semaphore not yet
+        try:
+            self.sem = self._open_semaphore()
+        except Taken as e:
+            self.sem = _NoSemaphore(str(e))
 
     def _open_record(self):
         try:
             fd = posix_ipc.SharedMemory(self.name, posix_ipc.O_CREAT, mode=0o600).fd
         except posix_ipc.Error as e:
-            raise Fatal(self._foreign(self.path, e)) from None
+            raise Taken(self._foreign(self.path, e)) from None
         st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            raise Fatal(self._foreign(self.path, None))
+            raise Taken(self._foreign(self.path, None))
         return fd
 
     def _open_semaphore(self):
         path = f"/dev/shm/sem.{self.name[1:]}"
         try:
+            if os.lstat(path).st_uid != os.geteuid():      # not even mapped
+                raise Taken(self._foreign(path, None))
+        except FileNotFoundError:
+            pass
+        try:
             sem = posix_ipc.Semaphore(self.name, posix_ipc.O_CREAT, mode=0o600, initial_value=0)
         except posix_ipc.Error as e:
-            raise Fatal(self._foreign(path, e)) from None
-        st = os.stat(path)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            raise Fatal(self._foreign(path, None))
+            raise Taken(self._foreign(path, e)) from None
+        st = os.lstat(path)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
+            sem.close()
+            raise Taken(self._foreign(path, None))
         return sem
 
     @staticmethod
     def _foreign(path, err):
+        """The line for a name another user holds: the owner of what is there (lstat: a
+        symlink's own owner, never its target's)."""
         try:
-            st = os.stat(path)
-            owner = f"owned by uid {st.st_uid}, mode {st.st_mode & 0o777:o}"
+            st = os.lstat(path)
+            kind = "a symlink " if stat.S_ISLNK(st.st_mode) else ""
+            owner = f"{kind}owned by uid {st.st_uid}, mode {st.st_mode & 0o777:o}"
         except OSError:
             owner = str(err)
         return f"join: can't use {path}: {owner}; another user holds this group's name"
@@ -204,7 +233,10 @@ class Objects:
             raise Fatal(f"join: {e}") from None
         if groups:
             return
-        for unlink in (posix_ipc.unlink_semaphore, posix_ipc.unlink_shared_memory):
+        unlinks = [posix_ipc.unlink_shared_memory]
+        if not isinstance(self.sem, _NoSemaphore):
+            unlinks.insert(0, posix_ipc.unlink_semaphore)
+        for unlink in unlinks:
             try:
                 unlink(self.name)
             except posix_ipc.ExistentialError:
@@ -258,18 +290,33 @@ def _stop(tag, signum):
                  "container was ready", 128 + signum)
 
 
-def arrive(tag, expected, terms, timeout, log):
-    """Enter the tag's open group that has our size and terms, or start one as its winner.
-    Waits (up to `timeout` seconds) only when the tag has `MAX_GROUPS` groups already.
-    Returns a `Member`."""
-    name = object_name(os.geteuid(), tag)
+def open_objects(names, start, tag, deadline, log):
+    """(objects, index) of the first of the tag's `names` from `start` on whose record no
+    other user holds; the last one's error if every one is taken."""
+    for i in range(start, len(names)):
+        try:
+            return Objects(names[i], tag, deadline), i
+        except Taken as e:
+            if i + 1 == len(names):
+                raise Fatal(f"{e} (and the {i} names before it)" if i else str(e)) from None
+            log.warning(f"{e}; trying the next name")
+
+
+def arrive(tag, expected, terms, timeout, log, names):
+    """Enter the tag's open group that has our size and terms, or start one as its winner,
+    under the first of `names` (`chjoin.names`) that is ours. Waits (up to `timeout` seconds)
+    only when the tag has `MAX_GROUPS` groups already. Returns a `Member`."""
     arrived = time.monotonic()
     deadline = arrived + timeout
     me = [os.getpid(), WAITING, ns.start_time(os.getpid())]
     terms = stored_terms(terms)
+    warned, start = [], 0
     while True:
         checkpoint("any", "arrive")
-        objects = Objects(name, tag, deadline)
+        objects, start = open_objects(names, start, tag, deadline, log)
+        if isinstance(objects.sem, _NoSemaphore) and not warned:
+            warned.append(objects.sem.reason)
+            log.warning(f"{objects.sem.reason}; this rank polls the record instead")
         try:
             checkpoint("any", "locked")
             groups = objects.read() or []
@@ -346,7 +393,11 @@ class Member:
 
     def failed(self, message, code=EXIT_ERROR):
         """The winner could not build the container: every waiting peer fails with `message`
-        and exit code `code`."""
+        and exit code `code`, the winner's own, unless that says "killed by signal N" (128+N):
+        a peer that was never signalled exits 31 then (README, "Exit codes")."""
+        if code >= 128:
+            code = EXIT_ERROR
+
         def change(groups, g):
             g.fail(f"the winner (pid {os.getpid()}) failed: {message}", code)
             self._set_slot(g, GONE)
@@ -442,11 +493,14 @@ class Member:
 
     def hold(self):
         """The holder's life (in its own process, inside the container): check the group each
-        tick until it is over, then end it. Ends it too when told to stop."""
-        self.objects.reopen()
+        tick until it is over, then end it. Ends it too when told to stop, however early: it
+        starts with SIGTERM, SIGINT and SIGHUP blocked (`ns.spawn_holder(blocked=SIGNALS)`),
+        and lets them in only where it can end the group."""
+        self.objects.reopen()           # a lock description of our own first
         checkpoint("holder", "start")
         ready = False
         try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
             while self._hold_tick():
                 if not ready and self.group.state == READY:
                     ready = True
@@ -472,88 +526,3 @@ class Member:
             return self._update(change, time.monotonic() + 1) is not None and not over
         except LockTimeout:
             return True
-
-
-# --- cleanup from outside a group: chjoinctl gc and the Slurm epilog ----------------------------
-
-def sweep(name, tag=None, force_tag=None, dry_run=False):
-    """Clean record `/dev/shm/<name>` (any user's, for root) as an arriving rank would: under
-    its lock, never waited for (whoever holds it is alive and busy), end the groups that are
-    over (dismissing their holders), and unlink the record and its semaphore once no group is
-    left. Only the record of `tag`, if given (the tag stored in it: names say nothing). A record
-    whose stored tag starts with `force_tag` (a string, or a tuple of them) is unlinked whatever
-    its groups (the epilog, for a job's own tags); a corrupt one is unlinked too. A rank that
-    merely created the name starts over when it finds it unlinked under its lock.
-    Returns [(what, detail)]: ("holder", pid) dismissed, ("removed", path); None if locked."""
-    path = f"/dev/shm/{name}"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return []
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
-        if not os.fstat(fd).st_nlink:
-            return []
-        done = []
-        snapshot = os.pread(fd, record.SIZE, 0)
-        try:
-            stored, groups = record.parse(snapshot)
-        except record.Corrupt:
-            if tag is not None:
-                return []
-            stored, groups = None, []
-        if tag is not None and stored != record.stored_tag(tag):
-            return []
-        force = stored is not None and force_tag is not None and stored.startswith(force_tag)
-        now = time.monotonic()
-        for g in list(groups):
-            if force or review(g, now, thorough=True):
-                groups.remove(g)
-                if g.holder[0] and ns.alive(*g.holder):
-                    done.append(("holder", g.holder[0]))
-                    if not dry_run:
-                        ns.dismiss(*g.holder, wake=True)
-        if groups and not dry_run:
-            at, index = record.idle_copy(snapshot)
-            os.pwrite(fd, record.encode(stored, groups), at)
-            os.pwrite(fd, record.index_bytes(index), 0)
-        if not groups:
-            done += [("removed", p) for p in unlink_names(name, dry_run=dry_run)]
-        return done
-    finally:
-        os.close(fd)
-
-
-def unlink_names(name, with_record=True, dry_run=False):
-    """Unlink `/dev/shm/<name>` (with `with_record`) and its semaphore; the paths that existed."""
-    removed = []
-    for path in ([f"/dev/shm/{name}"] if with_record else []) + [f"/dev/shm/sem.{name}"]:
-        try:
-            if dry_run:
-                os.lstat(path)
-            else:
-                os.unlink(path)
-            removed.append(path)
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def sweep_all(prefix, tag=None, force_tag=None, dry_run=False):
-    """`sweep` every record whose name starts with `prefix` ("chjoin-" for all users,
-    "chjoin-UID-" for one), only those of `tag` if given, forcing those whose tag starts with
-    `force_tag`; then (without `tag`) unlink the semaphores whose record is gone."""
-    done = []
-    for name in sorted(os.listdir("/dev/shm")):
-        if name.startswith(prefix):
-            done += sweep(name, tag, force_tag, dry_run) or []
-    if tag is not None:
-        return done
-    for name in sorted(os.listdir("/dev/shm")):
-        if name.startswith("sem.") and name[4:].startswith(prefix) and \
-                not os.path.exists(f"/dev/shm/{name[4:]}"):
-            done += [("removed", p) for p in unlink_names(name[4:], False, dry_run)]
-    return done

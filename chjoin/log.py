@@ -34,19 +34,61 @@ def os_error(what, err):
 
 
 _warnings_printed = []    # this process's warning lines, for warnings_reprint()
+WARNINGS_SIZE = 4096      # ch-run keeps its warnings in a buffer of this size: the first fit,
+LOCATION_SIZE = 16        # each with its " (ch-run.c:123)": count as many as ch-run would keep
+_warnings_kept = [0]
+
+# --color: ch-run's ANSI colours by level ("info" is chjoin's -v: ch-run's VERBOSE)
+COLOURS = {"error": "\033[1;31m", "warning": "\033[0;31m", "notice": "\033[0;33m",
+           "info": "\033[0;38;5;14m", "debug": "\033[0;38;5;6m", "trace": "\033[0;38;5;6m"}
+RESET = "\033[0m"
+_settings = {"color": False, "abort": False}
+
+
+def _program_name():
+    """The name our lines start with: `chjoin`, or `ch-run` when we were run through a link of
+    that name (a drop-in ch-run), as ch-run names itself by how it was invoked."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "ch-run" if invoked == "ch-run" else "chjoin"
+
+
+PROGRAM = _program_name()
+
+
+def set_color(when):
+    """--color[=WHEN]: "yes", "no", or "auto" (when stderr is a terminal)."""
+    _settings["color"] = when == "yes" or (when == "auto" and os.isatty(2))
+
+
+def set_abort_fatal():
+    """--abort-fatal: a fatal error ends the process with abort(3) (SIGABRT, maybe a core)."""
+    _settings["abort"] = True
+
+
+def abort_fatal():
+    return _settings["abort"]
 
 
 def emit(level, message):
     """Write one message line on stderr; never raises, even with stderr closed. As in ch-run, only
     warnings and errors name their level."""
     prefix = f"{level}: " if level in ("warning", "error") else ""
-    line = f"chjoin[{os.getpid()}]: {prefix}{message}\n"
+    text = f"{PROGRAM}[{os.getpid()}]: {prefix}{message}"
     if level == "warning":
-        _warnings_printed.append(line)
+        _keep_warning(text)
+    line = (f"{COLOURS[level]}{text}{RESET}\n" if _settings["color"] and level in COLOURS
+            else text + "\n")
     try:
         os.write(2, line.encode(errors="replace"))
     except OSError:
         pass
+
+
+def _keep_warning(text):
+    size = len(text.encode(errors="replace")) + LOCATION_SIZE + 1
+    if _warnings_kept[0] + size <= WARNINGS_SIZE:
+        _warnings_kept[0] += size
+        _warnings_printed.append(text + "\n")
 
 
 def warnings_reprint():
@@ -54,9 +96,14 @@ def warnings_reprint():
     header, so that they are not lost above the error. Nothing when there were none."""
     if not _warnings_printed:
         return
-    text = f"chjoin[{os.getpid()}]: warning: reprinting first {len(_warnings_printed)} warning(s)\n"
+    text = (f"{PROGRAM}[{os.getpid()}]: warning: reprinting first {len(_warnings_printed)} "
+            "warning(s)\n")
+    if _settings["color"]:
+        text, end = COLOURS["warning"] + text, RESET
+    else:
+        end = ""
     try:
-        os.write(2, (text + "".join(_warnings_printed)).encode(errors="replace"))
+        os.write(2, (text + "".join(_warnings_printed) + end).encode(errors="replace"))
     except OSError:
         pass
 

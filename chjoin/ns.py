@@ -96,7 +96,7 @@ def join(keepers, expected_inodes, log):
         try:
             if not alive(pid, start):
                 continue
-            log.info(f"join: joining namespaces of pid {pid}")
+            log.debug(f"join: entering the container through pid {pid}")
             libc.setns(fd, libc.CLONE_NEWUSER | libc.CLONE_NEWNS)
         except OSError as e:
             if e.errno == 22:
@@ -123,22 +123,63 @@ def join_pid(pid):
     try:
         libc.setns(fd, libc.CLONE_NEWUSER | libc.CLONE_NEWNS)
     except OSError as e:
-        raise Fatal(f"join: can't open /proc/{pid}/ns/user: {e.strerror}") from None
+        raise Fatal(f"join: can't open /proc/{pid}/ns/user: {_open_error(pid, e)}") from None
     finally:
         os.close(fd)
+
+
+def _open_error(pid, err):
+    """ch-run opens /proc/PID/ns/user and names that open's error (EACCES for another user's
+    process: "Permission denied"), where setns through our pidfd says EPERM: its words."""
+    try:
+        os.close(os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as e:
+        return e.strerror
+    return err.strerror
+
+
+def tmpfs_user_xattrs():
+    """--feature=tmpfs-xattrs: whether a tmpfs mounted in a user namespace takes `user.*`
+    xattrs (Linux 6.6), tried in a child: -W needs them for overlayfs whiteouts."""
+    child = os.fork()
+    if child == 0:
+        ok = False
+        try:
+            enter_outer(os.geteuid(), os.getegid())
+            libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+            libc.mount("tmpfs", "/tmp", "tmpfs", 0, "size=64k")
+            with open("/tmp/x", "w"):
+                pass
+            os.setxattr("/tmp/x", "user.chjoin", b"1")
+            ok = True
+        except BaseException:
+            pass
+        os._exit(0 if ok else 1)
+    return os.waitpid(child, 0)[1] == 0
 
 
 HOLDER_NAME = "chjoin-holder"     # its `comm`, by which slurm/epilog finds what a job left
 
 
-def spawn_holder(hold, clock):
+def spawn_holder(hold, clock, blocked=()):
     """Fork the holder: a process that stays in our namespaces for as long as `hold()` runs. It
     is a grandchild, reparented away from the command we exec, holds no stdio, and reports its
-    `clock` as the holder's. Returns its (pid, start time)."""
+    `clock` as the holder's. Returns its (pid, start time).
+
+    The signals `blocked` are blocked from before the fork until `hold()` unblocks them where
+    it can act on them: a SIGTERM that arrives as the holder starts must end its group, not
+    kill it through a handler it inherited from us."""
+    import _signal as signal
     import struct
 
     read_end, write_end = os.pipe()
-    child = os.fork()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if blocked else None
+    child = -1
+    try:
+        child = os.fork()
+    finally:
+        if mask is not None and child != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if child == 0:
         try:
             os.close(read_end)

@@ -85,7 +85,9 @@ class Group:
     def failure(self):
         """(exit code, message) of a FAILED group."""
         code, _, message = self.error.partition("\0")
-        return (int(code), message) if code.isdigit() and message else (EXIT_ERROR, self.error)
+        if code.isdigit() and len(code) <= 3 and int(code) < 256 and message:
+            return int(code), message
+        return EXIT_ERROR, self.error
 
     def waiting(self, thorough):
         """Slots of ranks that arrived and are neither in nor out; with `thorough`, only the

@@ -17,12 +17,17 @@
    builder's message and exit code; local task 0 prints the message and every task exits with
    that code, so no task ever runs on the host. See shared/SPANK.md and slurm/README.md.
 
+   The builder runs as the job's user with the job's environment: the user controls it (an
+   LD_PRELOAD is enough), so we trust nothing it sends. Its channel is read by spank/ops.c
+   (strict framing, at most 4 MiB, every record checked before any task starts); what it
+   prints is kept up to 64 KiB. A malformed channel fails the build with our one line, and of a
+   failed builder's output only its lines in chjoin's form reach the user. See docs/SECURITY.md.
+
    Plugstack arguments: builder=PATH (chjoin-spank-build) timeout=SECONDS (default 60). */
 
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <fnmatch.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -41,6 +46,8 @@
 #include <sys/wait.h>
 
 #include <slurm/spank.h>
+
+#include "ops.h"
 
 SPANK_PLUGIN(chjoin, 1);
 
@@ -65,10 +72,12 @@ static int timeout_s = 60;
 /* The step's container, from user_init on. */
 static int active;                              /* this step runs in a container */
 static int ns_fd[3] = {-1, -1, -1};             /* outer user, inner user, mount: entered in this order */
-static char *ops;                               /* the builder's environment operations */
+static char *ops;                               /* the channel, then its checked records alone */
 static size_t ops_len;
 static char *output;                            /* what the builder printed: shown by local task 0 */
 static size_t output_len;
+static char *failure;                           /* a failed build: what local task 0 prints */
+static size_t failure_len;
 static int fail_code;                           /* nonzero: the build failed, tasks exit with it */
 static uint32_t forked;                         /* tasks forked so far */
 
@@ -129,18 +138,20 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
     return 0;
 }
 
-/* Append `len` bytes to the growing buffer *buf (at most `max` bytes are kept). */
-static void append(char **buf, size_t *buf_len, const char *data, size_t len, size_t max)
+/* Append `len` bytes to the growing buffer *buf (at most `max` bytes are kept: the rest is
+   dropped); -1 when out of memory. *buf_len <= max always. */
+static int append(char **buf, size_t *buf_len, const char *data, size_t len, size_t max)
 {
-    if (*buf_len + len > max)
+    if (len > max - *buf_len)
         len = max - *buf_len;
     char *grown = realloc(*buf, *buf_len + len + 1);
     if (!grown)
-        return;
+        return -1;
     memcpy(grown + *buf_len, data, len);
     *buf_len += len;
     grown[*buf_len] = 0;
     *buf = grown;
+    return 0;
 }
 
 /* Format chjoin's one error line, `chjoin[PID]: error: ...\n`, into `line` (1024 bytes, cut
@@ -155,7 +166,8 @@ static int error_line(char *line, pid_t pid, const char *fmt, va_list ap)
     return n;
 }
 
-/* The build failed: keep `code` and one line in chjoin's form for the tasks to report. */
+/* The build failed: keep `code` and our one line in chjoin's form for the tasks to report
+   (after what `failure` already holds: the builder's own lines). */
 static void fail(int code, pid_t pid, const char *fmt, ...)
 {
     char line[ERROR_LINE];
@@ -163,20 +175,57 @@ static void fail(int code, pid_t pid, const char *fmt, ...)
     va_start(ap, fmt);
     int n = error_line(line, pid, fmt, ap);
     va_end(ap);
-    append(&output, &output_len, line, n, MAX_OUTPUT + sizeof line);
+    if (append(&failure, &failure_len, line, n, MAX_OUTPUT + sizeof line))
+        failure_len = 0;                /* out of memory: tasks still exit with `code` */
     fail_code = code;
 }
 
-/* Whether the channel has brought all the operations: "LENGTH\n" then LENGTH bytes, which
-   end with the "R" record. On success, `ops` is left holding the records alone. */
-static int ops_complete(void)
+/* Whether `line` (len bytes, no newline) is in chjoin's form, `chjoin[DIGITS]: `. */
+static int chjoin_form(const char *line, size_t len)
 {
-    char *newline = ops ? memchr(ops, '\n', ops_len) : NULL;
-    if (!newline)
+    size_t i = 7;
+    if (len < 10 || memcmp(line, "chjoin[", 7))
         return 0;
-    size_t header = newline - ops + 1, length = strtoul(ops, NULL, 10);
-    if (ops_len < header + length)
-        return 0;
+    while (i < len && line[i] >= '0' && line[i] <= '9')
+        i++;
+    return i > 7 && len - i >= 3 && !memcmp(line + i, "]: ", 3);
+}
+
+/* The builder failed with its own exit code: keep, for the tasks, its lines in chjoin's form
+   (warnings, then its error line), each cut to one error line's length and with control bytes
+   shown as '?'. Whatever else it printed (a hostile builder's flood) is dropped. Returns
+   whether an error line was among them. */
+static int keep_chjoin_lines(void)
+{
+    int found_error = 0;
+    for (size_t at = 0; at < output_len;) {
+        const char *line = output + at, *nl = memchr(line, '\n', output_len - at);
+        size_t len = nl ? (size_t)(nl - line) : output_len - at;
+        at += len + (nl != NULL);
+        if (!chjoin_form(line, len))
+            continue;
+        char copy[ERROR_LINE];
+        size_t n = len < sizeof copy - 1 ? len : sizeof copy - 1;
+        for (size_t i = 0; i < n; i++)
+            copy[i] = (unsigned char)line[i] < 0x20 && line[i] != '\t' ? '?' : line[i];
+        copy[n++] = '\n';
+        found_error |= memmem(copy, n, "]: error: ", 10) != NULL;
+        if (append(&failure, &failure_len, copy, n, MAX_OUTPUT))
+            break;
+    }
+    return found_error;
+}
+
+/* The channel so far: 1 once it holds a whole, well-formed frame (then `ops` holds its
+   records alone), 0 to read on, -1 never (`why` says what is wrong). */
+static int channel_ready(char *why)
+{
+    size_t header, length;
+    int r = ops_frame(ops, ops_len, &header, &length, why);
+    if (r <= 0)
+        return r;
+    if (ops_check(ops + header, length, why))
+        return -1;
     memmove(ops, ops + header, length);
     ops_len = length;
     return 1;
@@ -299,9 +348,11 @@ static void build(spank_t sp)
         return fail(EXIT_ERROR, getpid(), "can't fork the builder: %s", strerror(errno));
     }
 
-    /* Until the "R" record (ready), EOF on the channel (failed) or the deadline. */
-    int ready = 0, channel_open = 1, out_open = 1;
-    while (!ready && channel_open) {
+    /* Until the "R" record (ready), EOF on the channel (failed), a malformed channel or the
+       deadline. */
+    int ready = 0, channel_open = 1, out_open = 1, malformed = 0;
+    char why[OPS_WHY] = "";
+    while (!ready && !malformed && channel_open) {
         struct pollfd fds[2] = {{sv[0], POLLIN, 0}, {out[0], out_open ? POLLIN : 0, 0}};
         int left = (int)((deadline - now()) * 1000);
         if (left <= 0)
@@ -317,8 +368,12 @@ static void build(spank_t sp)
             char buf[4096];
             ssize_t n = read(sv[0], buf, sizeof buf);
             if (n > 0) {
-                append(&ops, &ops_len, buf, n, 1 << 24);
-                ready = ops_complete();
+                if (append(&ops, &ops_len, buf, n, OPS_BUFFER_MAX)) {
+                    snprintf(why, sizeof why, "out of memory");
+                    malformed = 1;
+                } else if ((ready = channel_ready(why)) < 0) {
+                    ready = 0, malformed = 1;
+                }
             } else if (n == 0 || errno != EINTR) {
                 channel_open = 0;
             }
@@ -334,7 +389,7 @@ static void build(spank_t sp)
             ns_fd[0] = ioctl(ns_fd[1], NS_GET_PARENT);   /* a new descriptor, close-on-exec */
     }
     close(sv[0]);             /* the builder's cue to exit */
-    int status = reap(pid, ready || !channel_open ? deadline : 0);
+    int status = reap(pid, (ready || !channel_open) && !malformed ? deadline : 0);
     while (out_open) {        /* what is left in the pipe; never wait for a writer's EOF */
         struct pollfd fd = {out[0], POLLIN, 0};
         if (poll(&fd, 1, 0) <= 0 || drain(out[0]) < 0)
@@ -342,12 +397,18 @@ static void build(spank_t sp)
     }
     close(out[0]);
 
-    if (!ready && channel_open)
+    if (malformed)
+        fail(EXIT_ERROR, pid, "the builder sent a malformed channel: %s", why);
+    else if (!ready && channel_open)
         fail(EXIT_ERROR, pid, "building the container took longer than timeout=%d s "
              "(plugstack.conf)", timeout_s);
-    else if (!ready && WIFEXITED(status) && WEXITSTATUS(status))
-        fail_code = WEXITSTATUS(status);     /* its own error line is in `output` */
-    else if (!ready && WIFSIGNALED(status))
+    else if (!ready && WIFEXITED(status) && WEXITSTATUS(status)) {
+        if (keep_chjoin_lines())
+            fail_code = WEXITSTATUS(status);     /* its own error line is in `failure` */
+        else
+            fail(WEXITSTATUS(status), pid, "the builder exited with code %d without an "
+                 "error line", WEXITSTATUS(status));
+    } else if (!ready && WIFSIGNALED(status))
         fail(EXIT_ERROR, pid, "the builder was killed by signal %d", WTERMSIG(status));
     else if (!ready)
         fail(EXIT_ERROR, pid, "the builder exited without building the container");
@@ -420,137 +481,35 @@ static void die(int code, const char *fmt, ...)
     _exit(code);
 }
 
+/* The task's environment, for spank/ops.c. */
+static char **env_list(void *sp)
+{
+    char **env;
+    return spank_get_item(sp, S_JOB_ENV, &env) == ESPANK_SUCCESS ? env : NULL;
+}
+
+static int env_set(void *sp, const char *name, const char *value)
+{
+    return spank_setenv(sp, name, value, 1) != ESPANK_SUCCESS;
+}
+
+static int env_unset(void *sp, const char *name)
+{
+    return spank_unsetenv(sp, name) != ESPANK_SUCCESS;
+}
+
 /* The task's current value of `name`, copied (NULL if unset). */
 static char *task_getenv(spank_t sp, const char *name)
 {
-    char **env;
-    size_t len = strlen(name);
-    if (spank_get_item(sp, S_JOB_ENV, &env) != ESPANK_SUCCESS)
-        return NULL;
-    for (; env && *env; env++)
-        if (!strncmp(*env, name, len) && (*env)[len] == '=')
-            return strdup(*env + len + 1);
-    return NULL;
+    struct ops_env env = {sp, env_list, env_set, env_unset};
+    const char *value = ops_getenv(&env, name);
+    return value ? strdup(value) : NULL;
 }
 
 static void task_setenv(spank_t sp, const char *name, const char *value)
 {
-    if (spank_setenv(sp, name, value, 1) != ESPANK_SUCCESS)
+    if (env_set(sp, name, value))
         die(EXIT_ERROR, "can't set %s", name);
-}
-
-/* chjoin's expansion: `$NAME` items of a colon-separated value are replaced by the variable's
-   value; items that expand to nothing are dropped; a lone `$` stays. */
-static char *expand(spank_t sp, const char *value)
-{
-    char *result = calloc(1, 1), *copy = strdup(value), *rest = copy;
-    size_t len = 0;
-    int first = 1;
-    if (!strchr(value, '$'))
-        return free(result), copy;
-    for (char *item; (item = strsep(&rest, ":"));) {
-        char *found = NULL;
-        if (item[0] == '$' && item[1]) {
-            found = task_getenv(sp, item + 1);
-            if (!found || !*found) {
-                free(found);
-                continue;
-            }
-            item = found;
-        }
-        if (!first)
-            append(&result, &len, ":", 1, SIZE_MAX / 2);
-        append(&result, &len, item, strlen(item), SIZE_MAX / 2);
-        first = 0;
-        free(found);
-    }
-    free(copy);
-    return result;
-}
-
-/* Unset every variable whose name matches extglob `pattern`. */
-static void unset_matching(spank_t sp, const char *pattern)
-{
-    char **env, *name;
-    size_t count = 0;
-    if (spank_get_item(sp, S_JOB_ENV, &env) != ESPANK_SUCCESS)
-        return;
-    while (env && env[count])
-        count++;
-    char **names = calloc(count + 1, sizeof *names);
-    for (size_t i = 0, k = 0; i < count; i++) {
-        name = strndup(env[i], strcspn(env[i], "="));
-        if (name && !fnmatch(pattern, name, FNM_EXTMATCH))
-            names[k++] = name;
-        else
-            free(name);
-    }
-    for (char **n = names; *n; n++) {
-        spank_unsetenv(sp, *n);
-        free(*n);
-    }
-    free(names);
-}
-
-/* chjoin's PATH rule: `:/bin` is appended unless PATH already has `/bin` (nothing if unset). */
-static void path_rule(spank_t sp)
-{
-    char *path = task_getenv(sp, "PATH");
-    if (!path)
-        return;
-    char *copy = strdup(path), *rest = copy, *item;
-    int has_bin = 0;
-    while ((item = strsep(&rest, ":")))
-        has_bin |= !strcmp(item, "/bin");
-    if (!has_bin) {
-        char *longer;
-        if (asprintf(&longer, "%s:/bin", path) > 0)
-            task_setenv(sp, "PATH", longer), free(longer);
-    }
-    free(copy), free(path);
-}
-
-/* Apply the builder's operations in order; returns the working directory (the "D" record).
-   Records are NUL-terminated fields: S NAME VALUE (set), X NAME VALUE (set, expanding `$`),
-   U GLOB (unset), P (the PATH rule), D DIR (working directory), Q LEVEL (-q), R (ready). */
-static const char *apply_ops(spank_t sp, int *quiet)
-{
-    const char *cwd = "/";
-    for (const char *p = ops; p < ops + ops_len;) {
-        const char *kind = p, *a = kind + strlen(kind) + 1, *b = a + strlen(a) + 1;
-        switch (kind[0]) {
-        case 'S':
-            task_setenv(sp, a, b);
-            p = b + strlen(b) + 1;
-            continue;
-        case 'X': {
-            char *value = expand(sp, b);
-            task_setenv(sp, a, value);
-            free(value);
-            p = b + strlen(b) + 1;
-            continue;
-        }
-        case 'U':
-            unset_matching(sp, a);
-            break;
-        case 'P':
-            path_rule(sp);
-            p = a;
-            continue;
-        case 'D':
-            cwd = a;
-            break;
-        case 'Q':
-            *quiet = atoi(a);
-            break;
-        case 'R':
-            return cwd;
-        default:
-            die(EXIT_ERROR, "unknown operation from the builder: %s", kind);
-        }
-        p = a + strlen(a) + 1;
-    }
-    return cwd;
 }
 
 /* Whether `path` is a file we may execute; sets errno when not. */
@@ -610,8 +569,8 @@ int slurm_spank_task_init(spank_t sp, int ac, char **av)
     spank_get_item(sp, S_TASK_ID, &task);
     if (fail_code) {
         close_namespaces();
-        if (task == 0)
-            write(2, output, output_len);
+        if (task == 0 && failure_len)
+            write(2, failure, failure_len);
         _exit(fail_code);
     }
     for (int i = 0; i < 3; i++)
@@ -621,7 +580,12 @@ int slurm_spank_task_init(spank_t sp, int ac, char **av)
     close_namespaces();
     if (task == 0 && output_len)
         write(2, output, output_len);       /* the builder's warnings, once per node */
-    const char *cwd = apply_ops(sp, &quiet);
+    /* checked in user_init; ops_apply checks each record again as it goes */
+    struct ops_env env = {sp, env_list, env_set, env_unset};
+    const char *cwd;
+    char why[OPS_WHY];
+    if (ops_apply(ops, ops_len, &env, &cwd, &quiet, why))
+        die(EXIT_ERROR, "the builder's operations: %s", why);
     char *tmpdir = task_getenv(sp, "TMPDIR");
     if (!tmpdir)
         task_setenv(sp, "TMPDIR", "/tmp");  /* slurmstepd sets it on task 0 only: say it for all */

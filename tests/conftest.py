@@ -104,6 +104,9 @@ def host_image():
     shutil.rmtree(base, ignore_errors=True)
 
 
+_shm_names = {}      # (uid, tag, environment): the names, which stay while the key does
+
+
 class Runner:
     """Runs chjoin as one identity: "root", the unprivileged test "user", or the "attacker", a
     second unprivileged user (tests/security: a hostile neighbour of the test user)."""
@@ -138,7 +141,7 @@ class Runner:
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
     def group(self, args, ranks, env=None, timeout=60, linger=5, stagger=0, kill_delay=0.3,
-              signals=()):
+              signals=(), stop_signal=9):
         """Start len(`ranks`) copies of `chjoin ARGS` at once as this identity, through
         tests/ranks.py (a launcher like srun); each entry of `ranks` is a dict with optional
         "env", "args" (added after ARGS), "close" (fds), "first" and "at" (a start delay);
@@ -147,13 +150,38 @@ class Runner:
 
         request = {"argv": [self.chjoin, *map(str, args)], "env": self.env(env),
                    "ranks": ranks, "timeout": timeout, "linger": linger, "stagger": stagger,
-                   "kill_delay": kill_delay, "signals": list(signals)}
+                   "kill_delay": kill_delay, "signals": list(signals),
+                   "stop_signal": stop_signal}
         done = subprocess.run([sys.executable, "-c", RANKS.read_text()],
                               input=json.dumps(request),
                               capture_output=True, text=True, timeout=timeout + linger + 30,
                               cwd="/", **self.identity_kwargs())
         assert done.returncode == 0, done.stderr
         return Group(json.loads(done.stdout))
+
+    def shm_names(self, tag, env=None):
+        """The /dev/shm names (no leading `/`) a --join rank of this identity, with `env` as in
+        `run`, tries for `tag`, in order: computed by chjoin's own code run as this identity,
+        so with its key (keyed names) or without one (the plain name)."""
+        code = ("import os, sys\nfrom chjoin import names\n"
+                "key, _ = names.load_key(os.environ, os.geteuid())\n"
+                "found = names.names(os.geteuid(), sys.argv[1], key)\n"
+                "print(' '.join(found[i][1:] for i in range(len(found))))")
+        cached = _shm_names.get((self.uid, tag, repr(sorted(self.env(env).items()))))
+        if cached:
+            return cached
+        python = Path(self.chjoin).parent / "python"
+        done = subprocess.run([str(python), "-I", "-c", code, tag], capture_output=True,
+                              text=True, env=self.env(env), cwd="/", check=True,
+                              **self.identity_kwargs())
+        found = _shm_names[(self.uid, tag, repr(sorted(self.env(env).items())))] = \
+            done.stdout.split()
+        return found
+
+    def shm_name(self, tag, env=None):
+        """The /dev/shm name (no leading `/`) of `tag`'s record, as this identity's ranks make
+        it (`shm_names`' first); its semaphore is `sem.` and this."""
+        return self.shm_names(tag, env)[0]
 
     def own(self, path):
         """Give `path` (recursively) to this identity."""
@@ -246,6 +274,7 @@ class Group:
         self.holders_signalled = result["holders_signalled"]
         self.killed_holders = result["killed_holders"]
         self.killed = result["killed"]
+        self.terminated = result.get("terminated", [])
         self.reaped_after = result["reaped_after"]
 
     @property
@@ -261,3 +290,24 @@ def winner_of(rank):
     won = re.search(r"chjoin\[(\d+)\]: join: (won|a group of one)", rank.stderr)
     joined = re.search(r"joined the container of winner pid (\d+)", rank.stderr)
     return int((won or joined).group(1)) if won or joined else None
+
+
+@pytest.fixture
+def slurm_config():
+    """make(**settings) -> the path of a settings file for the prolog and epilog, as a site
+    writes /etc/chjoin/slurm.conf: root's, in a directory of root's that nobody else can write
+    (the prolog and epilog ignore any other). Removed after the test."""
+    made = []
+
+    def make(**settings):
+        directory = Path(tempfile.mkdtemp(prefix="chjoin-conf-", dir="/run"))
+        os.chmod(directory, 0o755)
+        made.append(directory)
+        path = directory / "slurm.conf"
+        path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        os.chmod(path, 0o644)
+        return str(path)
+
+    yield make
+    for directory in made:
+        shutil.rmtree(directory, ignore_errors=True)

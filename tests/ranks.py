@@ -6,7 +6,9 @@ each printed and returned.
   reparented to it, so it reports any that outlive the ranks by more than `linger` seconds
   (and kills them), and reaps the rest.
 - Fault injection: ranks run with $CHJOIN_TEST_STOP stop themselves (SIGSTOP) at a named
-  point; this launcher SIGKILLs every stopped child `kill_delay` seconds after seeing it stop.
+  point; this launcher SIGKILLs every stopped child `kill_delay` seconds after seeing it stop
+  (or, with the request's `stop_signal`, sends it that signal and SIGCONT: a SIGTERM at a
+  known instant).
   Ranks marked `first` start before the others, which start once a first one has stopped.
 - Each rank is the leader of its own process group (its command's children and its holder are
   in it), as a job in a shell is. A rank with `"at": T` starts T seconds after the launch; the
@@ -119,7 +121,7 @@ def main():
     ranks = request["ranks"]
     order = sorted(range(len(ranks)), key=lambda i: (not ranks[i].get("first"),
                                                      ranks[i].get("at", 0)))
-    results, threads, killed, seen = [None] * len(order), [], [], {}
+    results, threads, killed, seen, terminated = [None] * len(order), [], [], {}, []
     holders_signalled, killed_holders, holders_seen = [], [], {}
     waiting_for_first = any(r.get("first") and "CHJOIN_TEST_STOP" in r.get("env", {})
                             for r in ranks)
@@ -138,6 +140,14 @@ def main():
         for pid in children("T"):
             seen.setdefault(pid, now)
             if now - seen[pid] >= request.get("kill_delay", 0.3) and pid not in killed:
+                signum = request.get("stop_signal", 9)
+                if signum != 9 and pid not in terminated:
+                    terminated.append(pid)
+                    os.kill(pid, signum)
+                    os.kill(pid, 18)        # SIGCONT: it acts on the signal now
+                    continue
+                if pid in terminated:
+                    continue
                 if comm(pid) == "chjoin-holder":
                     killed_holders.append(pid)
                 os.kill(pid, 9)
@@ -168,7 +178,11 @@ def main():
             break
         if pid == 0:
             for stopped in children("T"):     # a stopped holder: kill it as promised
-                if stopped not in killed:
+                if request.get("stop_signal", 9) != 9 and stopped not in terminated:
+                    terminated.append(stopped)
+                    os.kill(stopped, request["stop_signal"])
+                    os.kill(stopped, 18)
+                elif stopped not in killed and stopped not in terminated:
                     if comm(stopped) == "chjoin-holder":
                         killed_holders.append(stopped)
                     os.kill(stopped, 9)
@@ -189,6 +203,7 @@ def main():
         time.sleep(0.01)
     json.dump({"ranks": results, "killed": killed, "lingering": lingering,
                "holders_signalled": holders_signalled, "killed_holders": killed_holders,
+               "terminated": terminated,
                "reaped_after": round(time.monotonic() - ended, 3)}, sys.stdout)
 
 

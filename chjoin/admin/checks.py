@@ -4,7 +4,6 @@ runs the user-namespace check through the same code (`chjoin.slurm`)."""
 
 import os
 import tempfile
-from types import SimpleNamespace
 
 from chjoin import image, libc, slurm
 
@@ -24,8 +23,16 @@ class Result:
 
 
 def in_child(check, *args):
-    """`check(*args)` in a forked child as this user (slurm.as_user): its problem or ""."""
-    return slurm.as_user(SimpleNamespace(uid=os.getuid(), gid=os.getgid()), check, *args)
+    """`check(*args)` in a forked child as this user (chjoin.owner.run_as, 30 s at most): its
+    problem or ""."""
+    import time
+
+    from chjoin import owner
+    try:
+        return owner.run_as(os.getuid(), os.getgid(), check, *args, groups=os.getgroups(),
+                            deadline=time.monotonic() + 30) or ""
+    except (owner.Timeout, owner.ChildFailed) as e:
+        return str(e)
 
 
 def _sysctl(path):

@@ -131,16 +131,18 @@ def save(name, file, job, uid, force):
 def gc(uid, tag, dry_run, as_json):
     """Remove what no live process uses: the groups that are over (dismissing their holders),
     and records and semaphores left with no group; this user's (root: any user's). Each record
-    is cleaned under its lock, as a rank does; one being used at that moment is skipped."""
-    from chjoin import ipc
-    uid = _uid_filter(uid, False)
-    prefix = f"chjoin-{uid}-" if uid is not None else "chjoin-"
-    done = ipc.sweep_all(prefix, tag=tag, dry_run=dry_run)
+    is cleaned under its lock, as a rank does; one being used at that moment is skipped. Root
+    sweeps each user's objects in a child running as that user, and leaves alone (one problem
+    line each) objects not owned by the uid in their name."""
+    from chjoin import sweep
+    done = sweep.sweep_all(_uid_filter(uid, False), tag=tag, dry_run=dry_run)
     verb = "would " if dry_run else ""
-    lines = [f"{verb}remove {d}" if what == "removed" else f"{verb}dismiss holder pid {d}"
+    lines = [f"{verb}remove {d}" if what == "removed" else
+             f"{verb}dismiss holder pid {d}" if what == "holder" else f"problem: {d}"
              for what, d in done]
     emit(as_json, {"dry_run": dry_run, "removed": [d for w, d in done if w == "removed"],
-                   "holders": [d for w, d in done if w == "holder"]},
+                   "holders": [d for w, d in done if w == "holder"],
+                   "problems": [d for w, d in done if w == "problem"]},
          "\n".join(lines) or "nothing to remove")
 
 
@@ -201,17 +203,55 @@ def spank_install(prefix, plugstack_dir, builder, source, dry_run):
         shutil.rmtree(build, ignore_errors=True)
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
-def prolog():
-    """The Slurm Prolog (slurm/prolog runs it as root, with slurmd's SLURM_JOB_* environment):
-    fails the job when this node can't run its user's containers, checks and stages images."""
-    from chjoin import slurm
-    sys.exit(slurm.main(["prolog"]))
+CONFIG_HELP = "The settings file (default /etc/chjoin/slurm.conf; used only if root's)."
 
 
 @main.command()
-def epilog():
+@click.option("--config", default=None, help=CONFIG_HELP)
+@click.option("--comment", default=None,
+              help="The job's comment, instead of asking squeue (for trying it by hand).")
+def prolog(config, comment):
+    """The Slurm Prolog (slurm/prolog runs it as root, with slurmd's SLURM_JOB_* environment):
+    fails the job when this node can't run its user's containers, checks and stages images."""
+    from chjoin import slurm
+    sys.exit(slurm.main(["prolog", *(["--config", config] if config else []),
+                         *(["--comment", comment] if comment is not None else [])]))
+
+
+@main.command()
+@click.option("--config", default=None, help=CONFIG_HELP)
+def epilog(config):
     """The Slurm Epilog (slurm/epilog runs it as root, with slurmd's SLURM_JOB_* environment):
     removes what chjoin left for the job (holders, records as `gc` does, staging). Exits 0."""
     from chjoin import slurm
-    sys.exit(slurm.main(["epilog"]))
+    sys.exit(slurm.main(["epilog", *(["--config", config] if config else [])]))
+
+
+@main.group()
+def cdi():
+    """CDI specs for `chjoin -d`."""
+
+
+@cdi.command("generate")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write the spec here (e.g. /etc/cdi/nvidia.yaml); default: standard output.")
+@click.option("--format", "fmt", type=click.Choice(["json", "yaml"]),
+              help="Default: from --output's suffix, else yaml (as nvidia-ctk).")
+@click.option("--dev", default="/dev", show_default=True, help="Where the device nodes are.")
+def cdi_generate(output, fmt, dev):
+    """Write a CDI spec (kind nvidia.com/gpu) for this host's NVIDIA GPUs, as `nvidia-ctk cdi
+    generate` does, for sites without NVIDIA's container toolkit: /dev/nvidia* nodes, the
+    driver's libraries (`ldconfig -p`), its binaries, a device per GPU by index and UUID, and
+    `all`. Exits 1 when the host has no NVIDIA GPU."""
+    from chjoin.admin import cdi as cdimod
+    try:
+        doc = cdimod.generate(dev)
+    except cdimod.NoDevices as e:
+        raise click.ClickException(str(e))
+    fmt = fmt or ("json" if output and output.endswith(".json") else "yaml")
+    text = cdimod.dump(doc, fmt)
+    if output:
+        with open(output, "w") as f:
+            f.write(text)
+    else:
+        click.echo(text, nl=False)

@@ -2,6 +2,7 @@
 processes inside each group's container (found by namespace inode)."""
 
 import os
+import stat
 import time
 
 from chjoin import ns, record
@@ -25,17 +26,25 @@ def record_names(uid=None):
     return names
 
 
-def read_record(path):
+def read_record(path, uid=None):
     """(tag, groups, problem) of the record at `path`, read without its lock (a torn copy is
-    re-read): ("", [], "") for an empty one, (None, None, reason) when unreadable or corrupt."""
+    re-read): ("", [], "") for an empty one, (None, None, reason) when unreadable, corrupt, not
+    a regular file or (with `uid`) not owned by `uid` with mode 0600. Read by `pread` of one
+    snapshot, never mapped: root reads users' files here."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        return None, None, e.strerror
+        return None, None, "a symlink" if e.errno == 40 else e.strerror
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, None, "not a regular file"
+        if uid is not None and (st.st_uid != uid or stat.S_IMODE(st.st_mode) != 0o600):
+            return None, None, (f"foreign: owned by uid {st.st_uid}, mode "
+                                f"{stat.S_IMODE(st.st_mode):o}, under uid {uid}'s name")
         for _ in range(50):
             try:
-                tag, groups = record.parse(os.pread(fd, record.SIZE, 0))
+                tag, groups = record.parse(os.pread(fd, record.SIZE + 1, 0))
                 return tag, groups, ""
             except record.Torn:
                 time.sleep(0.002)
@@ -108,20 +117,20 @@ def survey(uid=None, tag=None):
     records = []
     for name in record_names(uid):
         path = f"/dev/shm/{name}"
-        stored, groups, problem = read_record(path)
+        stored, groups, problem = read_record(path, int(name.split("-", 2)[1]))
         if tag is not None and stored != record.stored_tag(tag):
             continue
         if groups and all(g.named for g in groups):
             continue                # named containers: `chjoinctl ps` lists them apart
         groups = [g for g in groups if not g.named] if groups else groups
         try:
-            owner = os.stat(path).st_uid
+            owner = os.lstat(path).st_uid
         except OSError:
             continue
         described = [describe(g, members, now_ticks) for g in groups or []]
         records.append({
             "path": path, "uid": owner, "tag": stored,
-            "semaphore": os.path.exists(f"/dev/shm/sem.{name}"),
+            "semaphore": os.path.lexists(f"/dev/shm/sem.{name}"),
             "readable": groups is not None,
             "problem": problem,
             "stale": groups is not None and all(g["stale"] for g in described),
@@ -137,7 +146,8 @@ def text(records):
     lines = [f"{'TAG':<24} {'UID':>6} {'STATE':<8} {'RANKS':>7} {'AGE':>8} {'HOLDER':>8}  IMAGE"]
     for r in records:
         if not r["readable"]:
-            state = "CORRUPT" if r["problem"].startswith("corrupt") else "?"
+            state = ("CORRUPT" if r["problem"].startswith("corrupt") else
+                     "FOREIGN" if r["problem"].startswith("foreign") else "?")
             lines.append(f"{'?':<24} {r['uid']:>6} {state:<8}  {r['path']}: {r['problem']}")
             continue
         if not r["groups"]:

@@ -12,7 +12,7 @@ import tempfile
 
 PLUGSTACK = "/etc/slurm/plugstack.conf"
 PLUGIN = "chjoin_spank.so"
-SOURCES = ("Makefile", "chjoin_spank.c", "chjoin_spank.map")
+SOURCES = ("Makefile", "chjoin_spank.c", "chjoin_spank.map", "ops.c", "ops.h")
 
 
 def source_dir():

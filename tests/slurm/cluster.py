@@ -66,7 +66,9 @@ def submit(as_user, argv, env=None, timeout=120, **kwargs):
 
 
 def processes_of(uid):
-    """Live (not zombie) chjoin processes of `uid`: launchers and holders."""
+    """Live (not zombie) chjoin processes of `uid`: launchers and holders, of the chjoin under
+    test ($CHJOIN: other installations' tests may run as the same users on this machine)."""
+    mine = os.path.dirname(os.environ.get("CHJOIN", "")) + "/"
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -78,6 +80,8 @@ def processes_of(uid):
             continue
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
         if fields["State"].startswith("Z") or int(fields["Uid"].split()[0]) != uid:
+            continue
+        if mine != "/" and not any(arg.startswith(mine) for arg in argv[:2]):
             continue
         if fields["Name"].strip() == "chjoin-holder" or \
                 any(arg.endswith("/chjoin") for arg in argv[:2]):

@@ -13,6 +13,16 @@ from cluster import (CHJOIN_LOG, cluster, job_field, log_lines, processes_of,  #
 from conftest import world_readable_dir
 
 
+def of_job(pid, job_id):
+    """Whether process `pid` was started within job `job_id` (other tests' holders of the same
+    user may be running on this machine)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"\0SLURM_JOB_ID={job_id}\0".encode() in b"\0" + f.read()
+    except OSError:
+        return False
+
+
 def test_epilog_removes_what_a_killed_job_left(cluster, as_user, image):
     """The job's holder is stuck (stopped), so nothing of chjoin's own cleans up when the job's
     ranks are SIGKILLed. The ranks start through `setsid` (as some wrappers do), so Slurm's
@@ -24,19 +34,19 @@ def test_epilog_removes_what_a_killed_job_left(cluster, as_user, image):
                           env={"CHJOIN_TEST_STOP": "holder:start"})
     node = wait_for(lambda: [n for n, names in cluster.shm().items() if names], 30,
                     "the group to form")[0]
-    holder = wait_for(lambda: [p for p in processes_of(as_user.uid) if "chjoin-holder" in p],
-                      30, "the holder")[0].split()[0]
+    holder = wait_for(lambda: [p for p in processes_of(as_user.uid) if "chjoin-holder" in p
+                               and of_job(p.split()[0], job_id)], 30, "the holder")[0].split()[0]
     subprocess.run(["scancel", "-s", "KILL", f"{job_id}.0"], check=True)
     wait_job(job_id)
     cluster.idle()
-    name = f"/dev/shm/chjoin-{as_user.uid}-slurm.{job_id}.0"
+    name = f"/dev/shm/{as_user.shm_name(f'slurm.{job_id}.0')}"
     lines = log_lines(job_id)
     assert any(line.endswith(f"epilog: job {job_id} on {node}: killed holder pid {holder}")
                for line in lines), lines
     assert any(line.endswith(f": removed {name}") for line in lines), lines
     assert any(line.endswith(f": removed /dev/shm/sem.{name[9:]}") for line in lines), lines
     assert cluster.shm() == {n: [] for n in cluster.nodes}
-    assert processes_of(as_user.uid) == []
+    assert [p for p in processes_of(as_user.uid) if of_job(p.split()[0], job_id)] == []
 
 
 def test_epilog_reports_a_clean_job_as_clean(cluster, as_user, image):
@@ -87,7 +97,7 @@ def squashfs_file(squash_dir):
 def test_prolog_stages_a_squashfs_image_on_the_node_and_epilog_removes_it(cluster, as_user,
                                                                           squashfs_file):
     """The staged copy is what chjoin runs: the job runs its command in it."""
-    script = (f'staged=/var/tmp/chjoin-stage/$SLURM_JOB_ID/{squashfs_file.name}\n'
+    script = (f'staged=/var/lib/chjoin/stage/$SLURM_JOB_ID/{squashfs_file.name}\n'
               f'cmp {squashfs_file} "$staged" && stat -c "%U %s" "$staged" && '
               f'{as_user.chjoin} "$staged" -- cat /etc/image-file\n')
     job_id, out = sbatch(as_user, script, ["-N1", "-n1",
@@ -96,11 +106,11 @@ def test_prolog_stages_a_squashfs_image_on_the_node_and_epilog_removes_it(cluste
     cluster.idle()
     assert out.read_text() == f"{as_user.name} {squashfs_file.stat().st_size}\nfrom the image\n"
     lines = log_lines(job_id)
-    assert any(f"staged {squashfs_file} to /var/tmp/chjoin-stage/{job_id}/" in line
+    assert any(f"staged {squashfs_file} to /var/lib/chjoin/stage/{job_id}/" in line
                for line in lines), lines
-    assert any(line.endswith(f"removed /var/tmp/chjoin-stage/{job_id}") for line in lines)
+    assert any(line.endswith(f"removed /var/lib/chjoin/stage/{job_id}") for line in lines)
     for node in cluster.nodes:
-        assert not cluster.on_node(node, "sh", "-c", f"ls /var/tmp/chjoin-stage/{job_id} "
+        assert not cluster.on_node(node, "sh", "-c", f"ls /var/lib/chjoin/stage/{job_id} "
                                    "2>/dev/null || true")
 
 

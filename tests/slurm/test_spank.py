@@ -22,6 +22,7 @@ from conftest import HOST_BINDS
 from test_mpi import OPEN_MPI, assert_allreduce, program  # noqa: F401
 
 PLUGSTACK = Path("/etc/slurm/plugstack.conf.d/chjoin.conf")
+ASAN_PLUGSTACK = Path("/run/chjoin-slurm/plugstack-asan.conf")   # CHJOIN_SLURM_ASAN=1 ci/slurm-up
 HOST_USER_NS = "user:[4026531837]"
 SHOW = ["sh", "-c", 'echo "$(hostname) $SLURM_STEP_ID $SLURM_PROCID '
         '$(readlink /proc/self/ns/user) $(readlink /proc/self/ns/mnt)"']
@@ -57,13 +58,16 @@ def spank(cluster):
 @contextlib.contextmanager
 def plugstack_timeout(seconds):
     """The plugstack line with timeout=SECONDS for the duration (srun and slurmstepd read it at
-    each start)."""
-    line = PLUGSTACK.read_text()
-    PLUGSTACK.write_text(re.sub(r"timeout=\d+", f"timeout={seconds}", line))
+    each start; slurmstepd reads the ASan cluster's own plugstack)."""
+    files = [f for f in (PLUGSTACK, ASAN_PLUGSTACK) if f.exists()]
+    lines = [f.read_text() for f in files]
+    for f, line in zip(files, lines):
+        f.write_text(re.sub(r"timeout=\d+", f"timeout={seconds}", line))
     try:
         yield
     finally:
-        PLUGSTACK.write_text(line)
+        for f, line in zip(files, lines):
+            f.write_text(line)
 
 
 def containers(stdout):
@@ -240,7 +244,8 @@ def test_tasks_see_what_srun_chjoin_join_gives_them(cluster, spank, as_user, ima
     (None, "-b /nonexistent", 31, "can't bind: source not found: /nonexistent"),
     (None, "stray", 64, "--chjoin-args: not an option: stray"),
     (None, "--unset-env='!(A'", 31, "--unset-env: unbalanced parenthesis"),
-], ids=["image", "join", "join-ct", "quote", "option", "bind", "stray", "glob"])
+    (None, "-W --seccomp", 64, "--chjoin-args: --seccomp: not under the SPANK plugin"),
+], ids=["image", "join", "join-ct", "quote", "option", "bind", "stray", "glob", "seccomp"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_failed_build_fails_every_task_with_one_line_per_node(
         cluster, spank, as_user, image, image_ref, args, code, message, layout):
@@ -283,8 +288,16 @@ def test_a_build_longer_than_the_timeout_fails_every_task(cluster, spank, as_use
 
 # --- batch scripts and salloc shells stay on the host; each step its own container ----------
 
+def skip_under_asan(cluster):
+    """On the ASan cluster a batch script's srun reads slurmd's own slurm.conf (SLURM_CONF),
+    so the ASan plugin, in a process without libasan: ASan refuses to start."""
+    if cluster.shape[-1] == "asan":
+        pytest.skip("srun inside a batch script can't load the ASan plugin (no libasan)")
+
+
 def test_sbatch_steps_get_a_container_each_and_the_script_stays_on_the_host(
         cluster, spank, as_user, image):
+    skip_under_asan(cluster)
     show = " ".join(f"'{word}'" for word in SHOW_AND_WAIT)
     script = (f"echo script $(readlink /proc/self/ns/user)\n"
               f"srun --overlap -n2 {show} &\nsrun --overlap -n2 {show} &\n"
@@ -336,6 +349,7 @@ def test_scancel_during_the_tasks_leaves_nothing(cluster, spank, as_user, image,
 
 def test_scancel_during_the_build_leaves_nothing(cluster, spank, as_user, image):
     """scancel can't interrupt slurm_spank_user_init: the step ends when the build times out."""
+    skip_under_asan(cluster)
     with plugstack_timeout(4):
         job_id, _out = sbatch(as_user, f"srun --chjoin-image={image} sleep 60\n", ["-n2"],
                               env={"CHJOIN_TEST_STOP": "any:setup"})
@@ -399,3 +413,46 @@ def test_a_squashfs_image_through_the_plugin_one_daemon_per_node(cluster, spank,
         time.sleep(0.05)
     assert squashfs_daemons(cluster, image) == {}
     assert_nothing_left(cluster, as_user)
+
+
+# --- under AddressSanitizer (CHJOIN_SLURM_ASAN=1 ci/slurm-up) -----------------------------------
+
+ASAN_LOG = Path("/var/log/slurm/asan")
+
+
+def sanitizer_reports():
+    """What AddressSanitizer and UBSan wrote from any slurmstepd or task (the ASan cluster)."""
+    return sorted(str(p) for p in ASAN_LOG.glob("*")) if ASAN_LOG.is_dir() else []
+
+
+def test_under_asan_slurmstepd_runs_the_sanitized_plugin(cluster, spank, as_user, image):
+    """On the ASan cluster, a step's slurmstepd maps libasan and chjoin_spank-asan.so: the
+    other tests of this file (and tests/security) really ran the sanitized build."""
+    if cluster.shape[-1] != "asan":
+        pytest.skip("not an ASan cluster (CHJOIN_SLURM_ASAN=1 ci/slurm-up)")
+    step = subprocess.Popen(["srun", "-n1", f"--chjoin-image={image}", "sleep", "3"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp",
+                            env=as_user.env(), **as_user.identity_kwargs())
+
+    def sanitized_stepd():
+        for entry in os.listdir("/proc"):
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() != "slurmstepd":
+                    continue
+                maps = Path(f"/proc/{entry}/maps").read_text()
+            except OSError:
+                continue
+            if "chjoin_spank-asan.so" in maps and "libasan.so" in maps:
+                return entry
+        return None
+
+    try:
+        assert wait_for(sanitized_stepd, 20, "a slurmstepd mapping the ASan plugin")
+    finally:
+        step.wait(timeout=60)
+    assert step.returncode == 0
+
+
+def test_zz_no_sanitizer_report(cluster):
+    """Last in this file: neither ASan nor UBSan reported anything from the plugin."""
+    assert sanitizer_reports() == []

@@ -111,9 +111,9 @@ def test_scancel_while_holders_wait_leaves_nothing_on_any_node(cluster, as_user,
     wait_job(job_id)
     assert_nothing_left(cluster, as_user)
     lines = log_lines(job_id)
+    name = as_user.shm_name(f"slurm.{job_id}.0")
     for node in cluster.nodes:
-        assert any(f"job {job_id} on {node}: removed /dev/shm/chjoin-{as_user.uid}-slurm."
-                   in line or f"job {job_id} on {node}: nothing left" in line
+        assert any(f"job {job_id} on {node}: removed /dev/shm/{name}" in line or f"job {job_id} on {node}: nothing left" in line
                    for line in lines), lines
 
 

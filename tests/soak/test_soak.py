@@ -1,7 +1,8 @@
 """A randomized, seeded soak of --join: random group sizes, too few and too many ranks, late
 ranks, two groups at once on one tag, a rank with other options, tags reused from round to
-round, and faults — a rank, winner or holder stopped at a checkpoint and SIGKILLed, or sent
-SIGKILL, SIGTERM or SIGSTOP at a random moment, alone or with its whole process group.
+round, and faults — a rank, winner or holder stopped at a checkpoint and SIGKILLed (or sent
+SIGTERM there), or sent SIGKILL, SIGTERM or SIGSTOP at a random moment, alone or with its whole
+process group.
 
 After every round, what a user would check:
 - the ranks that ran in one group (by the winner pid `-v` names) saw one container, and no
@@ -9,9 +10,12 @@ After every round, what a user would check:
 - no rank ran past its timeout + 2 s (plus its command and start-up time on a busy machine);
 - every rank that failed before its command printed exactly one `chjoin[PID]: error:` line with
   its own pid; no Python traceback anywhere;
+- a rank that nobody signalled (no signal aimed at it, no checkpoint stop in its environment)
+  never exits 128+N: a peer whose winner was killed exits 31, or the winner's own error code;
 - nothing outlived the round (holders give up at the timeout);
 - /dev/shm holds nothing of the tag, unless something was SIGKILLed (the last process of a
-  group killed that way can't clean up; the next rank on the tag does);
+  group killed that way can't clean up; the next rank on the tag does): a holder SIGTERMed at
+  any instant, even as it starts, ends its group;
 - a clean group on the tag right after forms in one container and leaves nothing at all.
 
 CHJOIN_SOAK_ROUNDS (default 24 per identity) and CHJOIN_SOAK_SEED (default: from the clock)
@@ -64,7 +68,8 @@ def scenario(seed, number):
                             "rank": "holders" if rng.random() < 0.25 else rng.randrange(n),
                             "group": rng.random() < 0.3})
     return {"tag": f"soak{number % 4}", "count": count, "timeout": timeout, "ranks": ranks,
-            "signals": signals, "kill_delay": rng.choice([0.05, 0.3])}
+            "signals": signals, "kill_delay": rng.choice([0.05, 0.3]),
+            "stop_signal": rng.choice([9, 9, 15])}
 
 
 def run_round(runner, image, s):
@@ -76,19 +81,20 @@ def run_round(runner, image, s):
         args = r.get("options", []) + [str(image), "--", *SHOW, *r["args"]]
         ranks.append({"args": args, "at": r["at"], "env": r.get("env", {})})
     return runner.group(base, ranks, timeout=60, linger=s["timeout"] + 5,
-                        kill_delay=s["kill_delay"], signals=s["signals"])
+                        kill_delay=s["kill_delay"], signals=s["signals"],
+                        stop_signal=s.get("stop_signal", 9))
 
 
 def names_of(runner, tag):
-    return sorted(n for n in os.listdir("/dev/shm")
-                  if n in (f"chjoin-{runner.uid}-{tag}", f"sem.chjoin-{runner.uid}-{tag}"))
+    name = runner.shm_name(tag)
+    return sorted(n for n in os.listdir("/dev/shm") if n in (name, f"sem.{name}"))
 
 
 def describe(runner, tag):
     """The groups in the tag's record, for a failure message: what each still waits for."""
     from chjoin import ns, record
     try:
-        with open(f"/dev/shm/chjoin-{runner.uid}-{tag}", "rb") as f:
+        with open(f"/dev/shm/{runner.shm_name(tag)}", "rb") as f:
             groups = record.parse(f.read())[1]
     except (OSError, record.Corrupt) as e:
         return str(e)
@@ -105,7 +111,12 @@ def check_round(runner, s, group):
     broken = []
     sigkilled = bool(group.killed) or any(sig["signal"] in (9, 19) for sig in s["signals"])
     containers = {}
+    signalled = {sig["rank"] for sig in s["signals"]}
+    signalled |= {i for i, r in enumerate(s["ranks"]) if r.get("env")}
     for i, r in enumerate(group.ranks):
+        if r.returncode >= 128 and i not in signalled:
+            broken.append(f"rank {i}, never signalled, exited {r.returncode} (128+N: killed "
+                          f"by a signal): {r.stderr!r}")
         if "Traceback" in r.stderr:
             broken.append(f"rank {i}: a traceback: {r.stderr!r}")
         ran = r.stdout.startswith("user:[")

@@ -45,6 +45,7 @@ CASES = [
     (["--set-env=NOEQUALS_FILE_MISSING", "{img}", "--", "true"], 31,
      "^can't open: NOEQUALS_FILE_MISSING: No such file or directory$"),
     (["--set-env={host}/bad-env", "{img}", "--", "true"], 31, "no delimiter: .*bad-env:2"),
+    (["--set-env={host}/nul-env", "{img}", "--", "true"], 31, "NUL byte: .*nul-env:2$"),
     (["--set-env=", "{img}", "--", "true"], 31, "non-zero length"),
     (["-c", "/nope", "{img}", "--", "true"], 31, "can't cd to /nope"),
     (["-v", "-q", "{img}", "--", "true"], 31, "--quiet incompatible with --verbose"),
@@ -69,7 +70,8 @@ CASES = [
      "^can't exec: no-such-command: No such file or directory$"),
     (["-qqq", "{img}", "--", "no-such-command"], 49, "^can't exec: no-such-command: "),
     (["-W", "/", "--", "true"], 31, "^--write-fake invalid with the host's root as image"),
-    (["{img}"], 64, "missing command"),
+    (["{img}"], 31, "no command given and can't read /ch/metadata.json: No such file or "
+                    "directory"),
     ([], 64, "^missing IMAGE: chjoin \\[OPTIONS\\] IMAGE -- CMD"),
     (["-v"], 64, "^missing IMAGE"),
     (["--no-such-option", "{img}", "--", "true"], 64, "^unknown option: --no-such-option "),
@@ -87,6 +89,8 @@ def bad_setup(image, host_dir):
     (image / "escape").symlink_to("../../../../../../etc")
     (host_dir / "bad-env").write_text("GOOD=1\nBAD\n")
     os.chmod(host_dir / "bad-env", 0o644)
+    (host_dir / "nul-env").write_bytes(b"GOOD=1\nA=x\0S\0EVIL\0y\n")
+    os.chmod(host_dir / "nul-env", 0o644)
     (host_dir / "storage" / "img" / "named").mkdir(parents=True)
     yield {"img": str(image), "host": str(host_dir), "storage": str(host_dir / "storage")}
     (image / "escape").unlink()

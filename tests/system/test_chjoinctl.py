@@ -115,8 +115,9 @@ def test_ps_marks_a_sigkilled_group_stale_and_gc_removes_it(as_user, image):
     assert os.path.exists(record["path"])
     done = ctl(as_user, "gc", "--tag", tag, "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"dry_run": False, "holders": [], "removed": [
-        record["path"], f"/dev/shm/sem.{record['path'][9:]}"]}
+    assert json.loads(done.stdout) == {"dry_run": False, "holders": [], "problems": [],
+                                       "removed": [record["path"],
+                                                   f"/dev/shm/sem.{record['path'][9:]}"]}
     assert not os.path.exists(record["path"])
     assert ps(as_user, "--tag", tag) == []
 
@@ -358,7 +359,7 @@ def test_every_command_has_help(chjoin, command):
 
 # --- prolog, epilog -----------------------------------------------------------------------
 
-def test_epilog_removes_a_killed_jobs_record_through_the_gc_code(chjoin, image):
+def test_epilog_removes_a_killed_jobs_record_through_the_gc_code(chjoin, image, slurm_config):
     """`chjoinctl epilog`, as slurmd would run it, for a job of a uid of its own (4242, so that
     no other record on this machine is the job's): the job's group was SIGKILLed whole."""
     from conftest import Runner
@@ -376,12 +377,12 @@ def test_epilog_removes_a_killed_jobs_record_through_the_gc_code(chjoin, image):
                       if g["processes"]], 30, "the job's group")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    env = {"SLURM_JOB_ID": job, "SLURM_JOB_UID": str(uid), "SLURMD_NODENAME": "n1",
-           "CHJOIN_STAGE_DIR": "/nonexistent"}
-    done = ctl(root, "epilog", env=env)
+    env = {"SLURM_JOB_ID": job, "SLURM_JOB_UID": str(uid), "SLURMD_NODENAME": "n1"}
+    config = slurm_config(CHJOIN_STAGE_DIR="/nonexistent")
+    done = ctl(root, "epilog", "--config", config, env=env)
     name = f"/dev/shm/chjoin-{uid}-{tag}"
     assert (done.returncode, done.stdout.splitlines()) == (0, [
         f"chjoin epilog: job {job} on n1: removed {name}",
         f"chjoin epilog: job {job} on n1: removed /dev/shm/sem.{name[9:]}"])
-    again = ctl(root, "epilog", env=env)
+    again = ctl(root, "epilog", "--config", config, env=env)
     assert again.stdout == f"chjoin epilog: job {job} on n1: nothing left behind\n"

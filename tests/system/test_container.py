@@ -157,10 +157,10 @@ def test_set_env_bare_reads_the_images_environment(as_user, image):
     assert "FROM_IMAGE=yes\n" in out and "IMAGE_PATH=/opt/bin:/bin\n" in out
 
 
-def test_env_no_expand_keeps_dollar_in_later_options(as_user, image):
+def test_env_no_expand_keeps_dollar_in_every_set_env(as_user, image):
     out = ok(as_user.run("--set-env=A=$USER", "--env-no-expand", "--set-env=B=$USER",
                          image, "--", "env"))
-    assert f"A={as_user.name}\n" in out and "B=$USER\n" in out
+    assert "A=$USER\n" in out and "B=$USER\n" in out
 
 
 def test_unset_env_globs_and_extglob(as_user, image):
@@ -211,6 +211,6 @@ def test_version_and_help(as_user):
         assert option in help_text
 
 
-@pytest.mark.parametrize("feature, code", [("extglob", 0), ("overlayfs", 0), ("seccomp", 1)])
+@pytest.mark.parametrize("feature, code", [("extglob", 0), ("overlayfs", 0), ("seccomp", 0)])
 def test_feature_reports_support(as_user, feature, code):
     assert as_user.run(f"--feature={feature}").returncode == code

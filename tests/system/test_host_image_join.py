@@ -20,7 +20,7 @@ def test_ranks_with_the_host_root_as_image_share_one_container(as_user):
     namespaces, read_only = outputs.pop().splitlines()
     assert os.readlink("/proc/self/ns/mnt") not in namespaces
     assert read_only == "1"
-    assert all("image is the host's root (/)" in r.stderr for r in group.ranks)
+    assert not any("image is the host's root (/)" in r.stderr for r in group.ranks)  # -v only
     assert group.lingering == []
     assert sorted(n for n in os.listdir("/dev/shm")
                   if n.startswith(("chjoin-", "sem.chjoin-")) and f"-{as_user.uid}-" in n

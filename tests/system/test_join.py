@@ -8,6 +8,7 @@ that nothing outlived the ranks, and most then run the next group with the same 
 import os
 import re
 import shutil
+import subprocess
 
 import pytest
 
@@ -79,7 +80,27 @@ def test_verbose_prints_ch_runs_join_lines(as_user, image):
     winner, peer = group.ranks
     assert "join: 1 2 chlines 0\n" in winner.stderr and "join: I won\n" in winner.stderr
     assert "join: I lost\n" in peer.stderr
-    assert re.search(r"join: joining namespaces of pid \d+\n", peer.stderr)
+    assert re.search(r"joining namespaces of pid \d+\n", peer.stderr)
+    winner_pid = re.search(r"^chjoin\[(\d+)\]: join: winner initializing shared data$",
+                           winner.stderr, re.M).group(1)     # as ch-run's join test reads them
+    assert f"joining namespaces of pid {winner_pid}\n" in peer.stderr
+    assert "join: 1 peers left excluding myself\n" in winner.stderr
+    assert "join: done\n" in winner.stderr and "join: done\n" in peer.stderr
+
+
+def test_run_through_a_link_named_ch_run_its_lines_say_ch_run(as_user, image):
+    """A drop-in ch-run (a link of that name to chjoin) names itself as invoked, as ch-run."""
+    link_dir = world_readable_dir("chjoin-link-")
+    try:
+        os.symlink(as_user.chjoin, link_dir / "ch-run")
+        done = subprocess.run([str(link_dir / "ch-run"), "-v", str(image), "--", "true"],
+                              capture_output=True, text=True, env=as_user.env(), cwd="/",
+                              **as_user.identity_kwargs())
+    finally:
+        shutil.rmtree(link_dir, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^ch-run\[\d+\]: join: 0 0 \(null\) 0$", done.stderr, re.M)
+    assert "chjoin[" not in done.stderr
 
 
 def test_container_root_mounts_and_its_peers_see_the_mount(as_user, image):
@@ -372,26 +393,55 @@ def test_two_slurm_jobs_with_the_same_step_number_stay_apart(as_user, image, sec
     assert_clean(as_user, group)
 
 
-def test_names_squatted_by_another_user_are_a_clear_error(as_user, image):
-    """ch-run defect 4: another user creates the group's names first."""
+def squat(names, squatter):
+    """Another user's empty 0666 files under each of `names` and their semaphores'."""
+    made = []
+    for name in names:
+        for path in (f"/dev/shm/{name}", f"/dev/shm/sem.{name}"):
+            with open(path, "w"):
+                pass
+            os.chown(path, squatter, squatter)
+            os.chmod(path, 0o666)
+            made.append(path)
+    return made
+
+
+def test_a_name_squatted_by_another_user_is_skipped(as_user, image):
+    """ch-run defect 4: another user creates the group's names first (here the first keyed one,
+    as if seen in /dev/shm during an earlier group): the ranks meet under the next one."""
     squatter = 1 if as_user.uid != 1 else 2          # daemon or bin: someone else
-    for name in (f"chjoin-{as_user.uid}-squat", f"sem.chjoin-{as_user.uid}-squat"):
-        path = f"/dev/shm/{name}"
-        with open(path, "w"):
-            pass
-        os.chown(path, squatter, squatter)
-        os.chmod(path, 0o666)
+    names = as_user.shm_names("squat")
+    made = squat(names[:1], squatter)
+    try:
+        group = as_user.group(["--join-ct=2", "--join-tag=squat", image, *WHICH], ranks(2),
+                              timeout=20)
+    finally:
+        for path in made:
+            os.unlink(path)
+    assert group.returncodes == [0, 0], [r.stderr for r in group.ranks]
+    assert len(containers(group)) == 1
+    assert_clean(as_user, group)
+
+
+def test_every_name_squatted_is_a_clear_error(as_user, image):
+    """A user whose every name is taken (the plain one where there is no key) fails at once
+    with one line naming the object and its owner, never a hang."""
+    squatter = 1 if as_user.uid != 1 else 2
+    names = as_user.shm_names("squat")
+    made = squat(names, squatter)
     try:
         group = as_user.group(["--join-ct=2", "--join-tag=squat", image, "--", "true"], ranks(2),
                               timeout=20)
     finally:
-        for name in ("chjoin", "sem.chjoin"):
-            os.unlink(f"/dev/shm/{name}-{as_user.uid}-squat")
+        for path in made:
+            os.unlink(path)
     assert group.returncodes == [31, 31]
     for r in group.ranks:
-        assert re.fullmatch(rf"chjoin\[\d+\]: error: join: can't use /dev/shm/chjoin-"
-                            rf"{as_user.uid}-squat: owned by uid {squatter}, mode 666; another "
-                            r"user holds this group's name\n", r.stderr), r.stderr
+        error = [line for line in r.stderr.splitlines() if "error" in line]
+        assert len(error) == 1, r.stderr
+        assert re.fullmatch(rf"chjoin\[\d+\]: error: join: can't use /dev/shm/{names[-1]}: owned "
+                            rf"by uid {squatter}, mode 666; another user holds this group's name"
+                            rf" \(and the {len(names) - 1} names before it\)", error[0]), r.stderr
 
 
 def test_join_pid_enters_a_running_container(as_user, image):
@@ -490,3 +540,50 @@ def test_sigterm_to_the_holder_ends_its_group_at_once(as_user, image):
     assert group.holders_signalled
     assert group.returncodes == [0, 0]
     assert_clean(as_user, group)
+
+
+# The two defects the soak found (issue 19), replayed at a known instant: the victim stops
+# itself at the point, the test launcher sends it SIGTERM and SIGCONT.
+
+def test_a_holder_sigtermed_as_it_starts_ends_its_group(as_user, image):
+    """SIGTERM reaches the holder before its loop (it inherited the rank's handler): it still
+    ends its group and removes the names; no READY record is left with nobody in it (only a
+    SIGKILL may leave one)."""
+    group = as_user.group(["-v", "--join-ct=3", "--join-tag=t1", "--join-timeout=20", image,
+                           "--", "sleep", "1.5"], [stop_at("holder:start", first=True)],
+                          timeout=30, kill_delay=0.5, stop_signal=15, linger=5)
+    assert group.terminated and not group.killed, "the holder never stopped"
+    assert group.returncodes == [0], group.ranks[0].stderr
+    assert group.lingering == []
+    assert shm_objects(as_user) == [], "the holder's group was left behind"
+    assert_next_group_works(as_user, image, ["--join-tag=t1"])
+
+
+def test_peers_of_a_winner_sigtermed_while_building_exit_31_not_143(as_user, image):
+    """The winner gets SIGTERM before the container is ready and exits 143 (killed by signal
+    15); its peers, which nobody signalled, fail at once with the winner's message and exit 31
+    (128+N means "this rank was signalled")."""
+    group = as_user.group(["--join-ct=4", "--join-tag=t2", "--join-timeout=20", image, *SHOW],
+                          [stop_at("winner:setup", first=True)] + [{}] * 3, timeout=30,
+                          kill_delay=1.0, stop_signal=15)
+    assert group.terminated, "the winner never stopped"
+    winner, peers = group.ranks[0], group.ranks[1:]
+    assert winner.returncode == 143, winner.stderr
+    assert "SIGTERM received before the container was ready" in winner.stderr
+    assert [r.returncode for r in peers] == [31] * 3, [r.stderr for r in peers]
+    assert all("the winner (pid" in r.stderr and "SIGTERM" in r.stderr for r in peers)
+    assert_clean(as_user, group)
+
+
+def test_peers_of_a_failed_winner_keep_its_own_error_code(as_user, image):
+    """A winner that fails with an error code of its own (84: a SquashFS image it can't
+    mount) gives its peers that code."""
+    bad = world_readable_dir("chjoin-bad-sqfs-")
+    try:
+        (bad / "img.sqfs").write_bytes(b"hsqs" + bytes(4092))
+        os.chmod(bad / "img.sqfs", 0o644)
+        group = as_user.group(["--join-ct=3", "--join-tag=t3", bad / "img.sqfs", "--", "true"],
+                              [{}, {"at": 0.2}, {"at": 0.2}], timeout=30)
+    finally:
+        shutil.rmtree(bad, ignore_errors=True)
+    assert group.returncodes == [84] * 3, [r.stderr for r in group.ranks]

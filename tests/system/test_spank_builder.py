@@ -5,6 +5,7 @@ error line and chjoin's exit code; its start-up imports nothing heavy, not even 
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -75,3 +76,32 @@ def test_a_bad_input_is_one_error_line_and_chjoins_exit_code(as_user, image):
         assert status == code and records == [], err
         assert len([l for l in lines if re.match(r"chjoin\[\d+\]: error: ", l)]) == 1, err
         assert "Traceback" not in err
+
+
+def test_a_nul_in_the_images_environment_fails_the_build_with_one_line(as_user):
+    """A NUL inside a /ch/environment value would shift the plugin's records (the tasks would
+    get operations nobody asked for): the builder refuses it, naming the file and line."""
+    from conftest import build_busybox_image, world_readable_dir
+
+    base = world_readable_dir("chjoin-nul-env-")
+    root = build_busybox_image(base / "img")
+    (root / "ch" / "environment").write_bytes(b"GOOD=1\nA=x\0S\0EVIL\0yes\n")
+    try:
+        status, err, records = run_builder(as_user, root, "--set-env")
+    finally:
+        shutil.rmtree(base)
+    lines = [l for l in err.splitlines() if re.match(r"chjoin\[\d+\]: error: ", l)]
+    assert status == 31 and records == [], err
+    assert len(lines) == 1 and "NUL byte: /ch/environment:2" in lines[0], err
+
+
+def test_seccomp_is_refused_with_one_line(as_user, image):
+    """The plugin's tasks are entered by C and exec'd by slurmstepd: no per-process filter
+    can be installed there, so --seccomp is refused before anything is built."""
+    status, err, records = run_builder(as_user, image, "-W --seccomp")
+    lines = [line for line in err.splitlines() if not line.startswith("import time:")]
+    assert status == 64 and records == []
+    assert [re.sub(r"^chjoin\[\d+\]: ", "", line) for line in lines] == [
+        "error: --chjoin-args: --seccomp: not under the SPANK plugin: its tasks are entered "
+        "and exec'd by slurmstepd, where no per-process filter is installed (use srun chjoin "
+        "--join --seccomp)"]

@@ -74,11 +74,17 @@ def host_fuse_mounts():
         return [line for line in f if " fuse.squashfuse_ll " in line]
 
 
+TAGS = ("sq2", "sq8", "sq32", "sqterm", "sqread", "sqkill", "sqterm2", "sqbad")
+_names = {}
+
+
 def shm_objects(runner):
-    """This file's groups' names (its tags start with `sq`; other tests and a soak may share
-    the machine)."""
+    """This file's groups' names (other tests and a soak may share the machine), as the
+    runner's ranks compute them (`Runner.shm_names`: keyed, no tag in them)."""
+    if runner.uid not in _names:
+        _names[runner.uid] = {n for tag in TAGS for n in runner.shm_names(tag)}
     return sorted(n for n in os.listdir("/dev/shm")
-                  if n.startswith((f"chjoin-{runner.uid}-sq", f"sem.chjoin-{runner.uid}-sq")))
+                  if n in _names[runner.uid] or n[4:] in _names[runner.uid])
 
 
 def assert_nothing_left(runner, image, group=None):

@@ -61,3 +61,14 @@ def test_creating_and_attaching_to_a_named_container_imports_nothing_heavy(as_us
     finally:
         from test_named import ctl
         ctl(as_user, "stop", name)
+
+
+def test_seccomp_ranks_import_only_the_filter(as_user, image):
+    """--seccomp costs a rank the filter module (its program precomputed) and nothing heavy."""
+    group = as_user.group(["--seccomp", "--join-ct=3", "--join-tag=seclight", image, "--",
+                           "true"], [{}] * 3, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert group.returncodes == [0] * 3, [r.stderr for r in group.ranks]
+    for rank in group.ranks:
+        modules = imported(rank.stderr)
+        assert "chjoin.seccomp" in modules
+        assert modules & HEAVY == set()

@@ -7,6 +7,7 @@ import pytest
 
 from chjoin import builder
 from chjoin.cli import Usage
+from chjoin.log import Fatal
 
 
 @pytest.mark.parametrize("text", [
@@ -35,6 +36,11 @@ def test_an_unclosed_quote_is_a_usage_error(text):
     ("--help", "--help is no container option"),
     ("-V", "--version is no container option"),
     ("--feature=extglob", "--feature is no container option"),
+    ("--seccomp", "--seccomp: not under the SPANK plugin"),
+    ("-W --seccomp", "--seccomp: not under the SPANK plugin"),
+    ("--usage", "--usage is no container option"),
+    ("--warnings=2", "--warnings is no container option"),
+    ("--test=log", "--test is no container option"),
     ("-b /x stray", "not an option: stray"),
     ("/other", "not an option: /other"),
     ("--frobnicate", "unknown option: --frobnicate"),
@@ -55,3 +61,14 @@ def test_operations_are_nul_terminated_fields_after_their_length():
     head, _, body = data.partition(b"\n")
     assert int(head) == len(body)
     assert body == b"S\0A\0001\0U\0B*\0P\0R\0"
+
+
+@pytest.mark.parametrize("record", [("S", "A", "x\0S\0EVIL\0y"), ("X", "A\0B", "1"), ("U", "A\0")])
+def test_a_nul_inside_a_field_fails_the_build_rather_than_shift_the_records(record):
+    with pytest.raises(Fatal, match="NUL byte"):
+        builder.encode([record, ("R",)])
+
+
+def test_operations_over_the_plugins_maximum_fail_the_build():
+    with pytest.raises(Fatal, match="over the SPANK plugin's 4194304"):
+        builder.encode([("S", "BIG", "x" * (4 << 20)), ("R",)])

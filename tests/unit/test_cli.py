@@ -67,11 +67,13 @@ def test_bind_destination_defaults_to_source():
     assert parse_bind("/data:/mnt") == BindSpec("/data", "/mnt")
 
 
-def test_env_options_keep_command_line_order_and_expansion_switch():
+def test_env_options_keep_command_line_order_and_no_expand_applies_to_all():
     ops = env_ops(normalize(["--set-env=A=1", "--unset-env=B*", "--env-no-expand",
                              "--set-env=C=$A", "--set-env", "img"]))
-    assert ops == (env.SetVars((("A", "1"),), True), env.Unset("B*"),
+    assert ops == (env.SetVars((("A", "1"),), False), env.Unset("B*"),
                    env.SetVars((("C", "$A"),), False), env.ImageFile("\n", False))
+    ops = env_ops(normalize(["--set-env=A=$B", "img"]))
+    assert ops == (env.SetVars((("A", "$B"),), True),)
 
 
 def test_empty_env_option_is_refused():
@@ -111,7 +113,7 @@ def test_image_and_command_around_double_dashes(args, image, command):
 
 
 @pytest.mark.parametrize("args, message", [
-    ([], "missing IMAGE"), (["-v", "--"], "missing IMAGE"), (["img", "--"], "missing command"),
+    ([], "missing IMAGE"), (["-v", "--"], "missing IMAGE"),
     (["--nope", "img", "true"], "unknown option: --nope "),
     (["-Z", "img", "true"], "unknown option: -Z "),
     (["--cd"], "option --cd requires an argument"),

@@ -38,7 +38,9 @@ def test_nul_separated_file_keeps_newlines_in_values():
 
 
 @pytest.mark.parametrize("line, message", [("NOEQUALS", "no delimiter: f:1"),
-                                           ("=value", "empty name: f:1")])
+                                           ("=value", "empty name: f:1"),
+                                           ("A=1\nB=x\0S\0EVIL\0y", "NUL byte: f:2"),
+                                           ("A\0B=1", "NUL byte: f:1")])
 def test_bad_lines_name_file_and_line(line, message):
     with pytest.raises(Fatal, match=message):
         env.parse_file(line, "\n", "f")

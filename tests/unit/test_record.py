@@ -142,3 +142,14 @@ def test_too_many_ranks_for_one_copy_is_refused_when_stored():
               for _ in range(5)]
     with pytest.raises(ValueError):
         record.encode("t", groups)
+
+
+@pytest.mark.parametrize("error", ["99999999\0huge", "256\0past a byte", "-1\0negative",
+                                   "0" * 400 + "\0long"])
+def test_a_failed_groups_exit_code_is_a_byte_or_the_error_code(error):
+    """A waiting rank exits with the code a failed group names: a user's record can't make it
+    anything but an exit status (31 otherwise), nor make parsing it slow."""
+    g = Group(1, 1.0, [], [[5, record.WAITING, 6]])
+    g.state, g.error = record.FAILED, error
+    (tag, (parsed,)) = record.parse(written("t", [g]))
+    assert parsed.failure()[0] == 31

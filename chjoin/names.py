@@ -1,0 +1,189 @@
+"""The rendezvous names of a tag: ones that no other user can compute, so nobody can take them
+first and deny a join.
+
+`/chjoin-<uid>-<hex>`, where hex is a keyed BLAKE2b digest of the tag with a key of 32 random
+bytes that only the user can read: the file `key` (0600) in `$XDG_RUNTIME_DIR/chjoin` when
+$XDG_RUNTIME_DIR is a directory of the user's own and private (0700), as logind makes it, else
+in `$HOME/.local/state/chjoin`. Each directory is checked before the key is trusted (`owned`: the
+user's or root's all the way down, not writable by others, no symlinks) and made 0700 where
+missing. The first rank to need the key writes it to a temporary file and `link(2)`s that into
+place, so ranks that start at once agree on one key; every rank then reads the key that is there.
+Where no such place exists (no $HOME of the user's own, a read-only one), the names are today's
+plain ones, `/chjoin-<uid>-<tag>`, which anybody can compute: -v says so.
+
+A name can still be seen in /dev/shm once made, and taken (after the group that made it ends)
+for the next use of the same tag. So a tag has `TRIES` names, one per attempt number in the
+digest; every rank walks them in order and uses the first whose record no other user holds
+(`ipc`). Only a user who keeps squatting every name they saw, through `TRIES` uses of one tag,
+runs a tag out of names (then its ranks fail with one line); Slurm's tags are never reused.
+Root-run tools never need the key: they find records by the uid prefix and read the tag from the
+record itself. Runs on every rank: `os`, `stat` and `_blake2` only.
+"""
+
+import os
+
+from chjoin import owned
+
+KEY_SIZE = 32
+DIGEST_SIZE = 16        # 32 hex digits: the name stays far below NAME_MAX
+TRIES = 32              # names per tag, tried in order while others hold the first ones
+
+
+class NoKey(Exception):
+    """A place for the key that can't be trusted or used; the message says why."""
+
+
+def plain_name(uid, tag):
+    """`/chjoin-<uid>-<tag>`, with the tag kept to characters every POSIX IPC name allows;
+    a tag that had to change, or is long, gets a digest so that different tags never meet."""
+    safe = "".join(c if c.isalnum() or c in "._-@+" else "_" for c in tag)
+    if safe != tag or len(safe) > 64:
+        from _blake2 import blake2b
+        digest = blake2b(tag.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+        safe = f"{safe[:40]}~{digest}"
+    return f"/chjoin-{uid}-{safe}"
+
+
+def keyed_name(uid, tag, key, attempt=0):
+    """`/chjoin-<uid>-<hex>`: the tag's name number `attempt` under `key`."""
+    from _blake2 import blake2b
+
+    text = f"{attempt}\0{tag}".encode("utf-8", "surrogateescape")
+    return f"/chjoin-{uid}-{blake2b(text, digest_size=DIGEST_SIZE, key=key).hexdigest()}"
+
+
+class Names:
+    """The names a rank of `tag` tries, in order: `TRIES` keyed ones, or (no key) the plain
+    one; a sequence that computes each only when asked (a rank nearly always needs one)."""
+
+    def __init__(self, uid, tag, key):
+        self.uid, self.tag, self.key = uid, tag, key
+        self._made = {}
+
+    def __len__(self):
+        return 1 if self.key is None else TRIES
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if i not in self._made:
+            self._made[i] = (plain_name(self.uid, self.tag) if self.key is None
+                             else keyed_name(self.uid, self.tag, self.key, i))
+        return self._made[i]
+
+
+def names(uid, tag, key):
+    """`Names(uid, tag, key)`: the names a rank of `tag` tries, in order."""
+    return Names(uid, tag, key)
+
+
+def places(environ):
+    """[(base, [directories to make under it, in order])] where the key may be kept."""
+    found = []
+    runtime = environ.get("XDG_RUNTIME_DIR", "")
+    if runtime.startswith("/"):
+        found.append((runtime, ["chjoin"]))
+    home = environ.get("HOME", "")
+    if home.startswith("/"):
+        found.append((home, [".local", ".local/state", ".local/state/chjoin"]))
+    return found
+
+
+def _private_dir(base, parts, uid, runtime):
+    """The key's directory under `base`, made where missing, once every directory on the way is
+    checked; `NoKey` if one can't be trusted or made."""
+    problem = owned.dir_problem(base, uid, root_ok=False)
+    if not problem and runtime:
+        mode = os.stat(base).st_mode & 0o777
+        if mode & 0o077:
+            problem = f"{base} is mode {mode:o}, not private"
+    if problem:
+        raise NoKey(problem)
+    for part in parts:
+        path = f"{base}/{part}"
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise NoKey(f"can't make {path}: {e.strerror}") from None
+            st = None
+        except OSError as e:
+            raise NoKey(f"{path}: {e.strerror}") from None
+        problem = owned.entry_problem(path, uid, st, root_ok=False, sticky_ok=False)
+        if problem:
+            raise NoKey(problem)
+    return f"{base}/{parts[-1]}"
+
+
+def _read_key(path, uid):
+    """The key in file `path`, or None if there is none; `NoKey` if it isn't one we wrote."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise NoKey(f"can't open {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077 \
+                or st.st_size != KEY_SIZE:
+            raise NoKey(f"{path} is not a key of this user's (owner uid {st.st_uid}, mode "
+                        f"{stat.S_IMODE(st.st_mode):o}, {st.st_size} bytes)")
+        key = os.pread(fd, KEY_SIZE + 1, 0)
+    finally:
+        os.close(fd)
+    if len(key) != KEY_SIZE:
+        raise NoKey(f"{path}: short read")
+    return key
+
+
+def _make_key(path):
+    """Write a new key to `path` unless one is there already (whoever links first wins)."""
+    temporary = f"{path}.{os.getpid()}.{os.urandom(4).hex()}"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise NoKey(f"can't write {temporary}: {e.strerror}") from None
+    try:
+        try:
+            os.write(fd, os.urandom(KEY_SIZE))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise NoKey(f"can't write {path}: {e.strerror}") from None
+    finally:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+
+
+def load_key(environ, uid):
+    """(key, path of its file), or (None, why there is none): the first usable place's key,
+    made there if it has none."""
+    reasons = []
+    for base, parts in places(environ):
+        try:
+            directory = _private_dir(base, parts, uid, runtime=parts == ["chjoin"])
+            path = f"{directory}/key"
+            key = _read_key(path, uid)
+            if key is None:
+                _make_key(path)
+                key = _read_key(path, uid)
+            if key is not None:
+                return key, path
+            reasons.append(f"{path} vanished")
+        except NoKey as e:
+            reasons.append(str(e))
+    return None, "; ".join(reasons) or "neither $XDG_RUNTIME_DIR nor $HOME is set"
