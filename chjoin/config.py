@@ -56,8 +56,8 @@ class Launch(Value):
     timings: str | None = None       # --timings, $CHJOIN_TIMINGS: "stderr", a file, or None
     name: str | None = None          # --name NAME: a named container (chjoin.named)
     name_mode: str = "auto"          # --name NAME:FLAG: "auto", "create" or "exec"
-    keep: float = 0.0                # --keep, seconds after its last process exits; 0: until stopped
-    given: tuple = ()                # labels of the join terms the command line set (IMAGE, -b, ...)
+    keep: float = 0.0                # --keep: seconds after its last process exits (0: stopped)
+    given: tuple = ()                # labels of the join terms the command line set (IMAGE...)
     environ: dict                    # the environment the launch reads
 
     def join_terms(self):

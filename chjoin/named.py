@@ -4,13 +4,16 @@ The first rank that finds no container of the name builds one (as a single launc
 image, -b, -W, ...), forks a holder that keeps its namespaces, and publishes it in the record of
 the name's tag (a group of size 0: `chjoin.record`); every later rank enters it through a pidfd of
 the holder, checked against the namespace inodes recorded, and builds its environment as a new
-rank's (`launch.run` does that after we return). The tag: `name.JOB.NAME` under Slurm (the name
+rank's (`launch.run` does that after we return; `--seccomp` is per process: each rank that asks
+for it gets the filter, whatever the creator did, so it is no term of the container). The record's
+names are the tag's keyed rendezvous names (`chjoin.names`): no other user can compute them,
+take one first or open the record. The tag: `name.JOB.NAME` under Slurm (the name
 belongs to the job, on this node; the epilog ends it), `name..NAME` outside (the user's on this
 node, until `chjoinctl stop NAME` or `--keep`).
 
 No lock but the record's: ranks attach concurrently, each holding the lock for a read and the
 setns (so that a holder ending an idle container under the lock never leaves a rank half in).
-Options that would change the container (its image, -b, -w/-W, ids; later terms always) must be
+Options that would change the container (its image, -b, -w/-W, -d, ids; later terms always) must be
 those it was built with, when given: an attach that differs is one error line naming the first
 difference, never a silently different container.
 
@@ -90,7 +93,10 @@ def run(launch, log):
     create); we end up inside it. Raises `Fatal` with one line for every way it can't be."""
     clock = log.clock
     tag = scope_tag(launch.name, launch.environ)
-    name = ipc.object_name(os.geteuid(), tag)
+    from chjoin.launch import rendezvous_names
+
+    names = rendezvous_names(tag, launch.environ, log)   # keyed: nobody else can compute them
+    index = 0               # the first of the tag's names no other user holds (ipc.open_objects)
     what = f"--name {launch.name}"
     mine = launch_tag(launch) if launch.name_mode == "create" else None   # else when creating
     deadline = time.monotonic() + launch.join_timeout
@@ -100,7 +106,7 @@ def run(launch, log):
     clock.done("discovery")
     while True:
         checkpoint("named", "arrive")
-        objects = ipc.Objects(name, tag, deadline)
+        objects, index = ipc.open_objects(names, index, tag, deadline, log)
         created = None
         try:
             groups = objects.read()

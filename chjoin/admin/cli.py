@@ -90,7 +90,7 @@ def stop(name, job, uid, grace):
     from chjoin.admin import names
     entry = _named(name, job, uid)
     inside = entry["inside"]
-    problem = names.as_owner(entry, names.stop, entry, grace)
+    problem = names.as_owner(entry, names.stop, entry, grace, timeout=grace + 30)
     if problem:
         raise click.ClickException(f"stop {name}: {problem}")
     click.echo(f"stopped {name}{' (job ' + entry['job'] + ')' if entry['job'] else ''}: "
@@ -117,7 +117,7 @@ def save(name, file, job, uid, force):
     entry = _named(name, job, uid)
     if not entry["holder_alive"]:
         raise click.ClickException(f"save: {name}: the container is gone (its holder died)")
-    problem = names.as_owner(entry, names.save, entry, path, force)
+    problem = names.as_owner(entry, names.save, entry, path, force, timeout=3600)
     if problem:
         raise click.ClickException(f"save {name}: {problem}")
     click.echo(f"saved {name} to {file} ({os.path.getsize(path) / 2**20:.1f} MiB)")

@@ -2,13 +2,16 @@
 `name.JOB.NAME`, chjoin.named), described, ended, packed.
 
 Whatever acts on a container (the record, its processes, its files) runs in a child that has
-dropped to the container owner's ids, so that the kernel's own checks decide; root only reads.
+dropped to the container owner's ids, with a deadline (`owner.run_as`), so that the kernel's own
+checks decide; its holder is signalled only through a pidfd checked to be the owner's
+`chjoin-holder` in the container's namespaces (`owner.signal_holder`). Root only reads: records
+by one bounded `pread` each (`groups.read_record`), and only those the uid in their name owns.
 """
 
 import os
 import time
 
-from chjoin import ipc, named, ns
+from chjoin import ipc, named, ns, owner
 from chjoin.admin import groups as groupsmod
 from chjoin.record import READY, SETUP
 
@@ -61,12 +64,12 @@ def survey(uid=None):
     found = []
     for record_name in groupsmod.record_names(uid):
         path = f"/dev/shm/{record_name}"
-        tag, groups, _problem = groupsmod.read_record(path)
+        tag, groups, _problem = groupsmod.read_record(path, int(record_name.split("-", 2)[1]))
         scope = named.parse_tag(tag) if tag else None
         if scope is None:
-            continue
+            continue        # another kind, or unreadable, corrupt or foreign: `ps` shows those
         try:
-            owner = os.stat(path)
+            st = os.lstat(path)
         except OSError:
             continue
         for g in groups:
@@ -78,13 +81,15 @@ def survey(uid=None):
                 if g.inodes[0] and holder_alive else []
             rss, tmpfs = _holder_memory(g.holder[0]) if holder_alive else (None, None)
             found.append({
-                "name": scope[1], "job": scope[0], "uid": owner.st_uid, "gid": owner.st_gid,
+                "name": scope[1], "job": scope[0], "uid": st.st_uid,
+                "gid": owner.ids_of(st.st_uid, st.st_gid)[0],
                 "tag": tag, "path": path,
                 "state": STATES.get(g.state, "failed") if holder_alive or g.state == SETUP
                 else "gone",
                 "image": terms.get("image", ""), "terms": terms,
                 "age": round(max(0.0, (now_ticks - g.slots[0][2]) / groupsmod.TICKS), 1),
                 "creator": g.slots[0][0], "holder": g.holder[0] or None,
+                "holder_start": g.holder[1],
                 "holder_alive": holder_alive, "keep": g.deadline or None,
                 "inodes": list(g.inodes), "id": list(g.id),
                 "inside": len(inside),
@@ -132,33 +137,18 @@ def find(name, job=None, uid=None):
     return matches[0]
 
 
-def as_owner(entry, action, *args):
-    """Run `action(*args)` in a child with the ids of the container's owner (root's own
-    containers: as root); its one-line problem, or "" when it succeeded."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        problem = "can't drop privileges"
-        try:
-            os.close(read_end)
-            if os.geteuid() != entry["uid"]:
-                os.setgroups([])
-                os.setgid(entry["gid"])
-                os.setuid(entry["uid"])
-            problem = action(*args) or ""
-        except Problem as e:
-            problem = str(e)
-        except BaseException as e:
-            problem = f"{problem}: {type(e).__name__}: {e}" if problem.startswith("can't") \
-                else f"{type(e).__name__}: {e}"
-        finally:
-            os.write(write_end, problem.encode(errors="replace")[:4096])
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        problem = f.read().decode(errors="replace")
-    os.waitpid(pid, 0)
-    return problem
+def as_owner(entry, action, *args, timeout=60.0):
+    """Run `action(*args)` in a child with the ids of the container's owner (`owner.run_as`,
+    killed after `timeout` seconds; root's own containers: as root); its one-line problem, or ""
+    when it succeeded."""
+    gid, groups = owner.ids_of(entry["uid"], entry["gid"])
+    try:
+        return owner.run_as(entry["uid"], gid, action, *args, groups=groups,
+                            deadline=time.monotonic() + timeout) or ""
+    except owner.Timeout:
+        return f"gave up after {timeout:g} s (its child as uid {entry['uid']} was killed)"
+    except owner.ChildFailed as e:
+        return str(e)
 
 
 def _signal_inside(inodes, pids, signum):
@@ -210,7 +200,11 @@ def stop(entry, grace=10.0):
     if left:
         _signal_inside(inodes, left, 9)
         _wait_empty(inodes, (holder,), 5)
-    _signal_inside(inodes, [holder] if holder else [], 15)
+    if holder:
+        problem = owner.signal_holder(holder, entry["holder_start"], entry["uid"], inodes,
+                                      (15, 18))     # SIGCONT: a stopped holder acts on it
+        if problem and ns.alive(holder, entry["holder_start"]):
+            raise Problem(f"did not signal the holder the record names: {problem}")
     if _wait_empty(inodes, (), 3):
         _signal_inside(inodes, named.processes_inside(inodes), 9)
     left = _wait_empty(inodes, (), 5)
