@@ -50,8 +50,24 @@ def holders(uid):
     return found
 
 
-def shm_of(name):
-    return [n for n in os.listdir("/dev/shm") if n.endswith(f"name..{name}")]
+def shm_of(name, job=""):
+    """The /dev/shm records (and their semaphores) of named container `name` (of `job`; "":
+    outside Slurm), found by the tag stored in each record: their names are keyed digests."""
+    from chjoin import record
+
+    tag = record.stored_tag(f"name.{job}.{name}")
+    found = []
+    for entry in sorted(os.listdir("/dev/shm")):
+        if not entry.startswith("chjoin-"):
+            continue
+        try:
+            with open(f"/dev/shm/{entry}", "rb") as f:
+                stored, _ = record.parse(f.read(record.SIZE + 1))
+        except (OSError, record.Corrupt):
+            continue
+        if stored == tag:
+            found += [entry] + [f"sem.{entry}"] * os.path.lexists(f"/dev/shm/sem.{entry}")
+    return found
 
 
 def wait_for(predicate, timeout, what):
@@ -342,3 +358,39 @@ def test_another_user_can_neither_enter_nor_stop_nor_see_your_container(as_user,
     assert holders(as_user.uid) == [holder]
     again = as_user.run(f"--name={name}", "--", "cat", "/secret")
     assert (again.returncode, again.stdout) == (0, "mine\n")
+
+
+def test_the_record_is_under_a_keyed_name_that_another_user_can_neither_compute_nor_squat(
+        as_user, image, name, chjoin):
+    """The name's record is the tag's first keyed rendezvous name (chjoin.names): the attacker,
+    who can compute only the plain `chjoin-UID-name..NAME` and names under its own key, makes
+    those first; the victim's container is created anyway, elsewhere, and stays out of reach."""
+    if as_user.who == "root":
+        pytest.skip("the victim is the unprivileged test user")
+    from conftest import Runner
+
+    attacker = Runner(chjoin, "attacker")
+    tag = f"name..{name}"
+    plain = f"/dev/shm/chjoin-{as_user.uid}-{tag}"
+    squats = [plain, f"/dev/shm/sem.chjoin-{as_user.uid}-{tag}"] + \
+        [f"/dev/shm/{n}" for n in attacker.shm_names(tag)[:2]]
+    subprocess.run(["sh", "-c", 'for f; do : > "$f"; chmod 666 "$f"; done', "sh", *squats],
+                   check=True, **attacker.identity_kwargs())
+    try:
+        done = as_user.run(f"--name={name}", "-W", image, "--", "sh", "-c",
+                           "echo mine > /secret")
+        assert done.returncode == 0, done.stderr
+        assert errors(done.stderr) == []
+        [record_name] = [n for n in shm_of(name) if not n.startswith("sem.")]
+        assert record_name == as_user.shm_name(tag)
+        assert f"/dev/shm/{record_name}" not in squats and tag not in record_name
+        again = as_user.run(f"--name={name}", "--", "cat", "/secret")
+        assert (again.returncode, again.stdout) == (0, "mine\n"), again.stderr
+        peek = attacker.run(f"--name={name}", "--", "cat", "/secret")
+        assert peek.returncode == 31 and "mine" not in peek.stdout
+    finally:
+        for path in squats:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
