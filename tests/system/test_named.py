@@ -394,3 +394,52 @@ def test_the_record_is_under_a_keyed_name_that_another_user_can_neither_compute_
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def test_an_attach_asking_for_other_cdi_devices_is_one_line_and_31(as_user, image, name):
+    """-d's selection is part of the container (its mount-options term): an attach naming
+    other devices is refused in one line, one naming none takes the container's."""
+    import shutil
+
+    spec_dir = world_readable_dir("chjoin-named-cdi-")
+    try:
+        spec = {"cdiVersion": "0.5.0", "kind": "vendor.com/dev", "devices": [
+            {"name": "0", "containerEdits": {"deviceNodes": [{"path": "/dev/null"}]}},
+            {"name": "1", "containerEdits": {"deviceNodes": [{"path": "/dev/zero"}]}}]}
+        (spec_dir / "dev.json").write_text(json.dumps(spec))
+        os.chmod(spec_dir / "dev.json", 0o644)
+        env = {"CH_RUN_CDI_DIRS": str(spec_dir)}
+        first = as_user.run(f"--name={name}", "-d", "vendor.com/dev=0", image, "--", "true",
+                            env=env)
+        assert first.returncode == 0, first.stderr
+        other = as_user.run(f"--name={name}", "-dvendor.com/dev=1", "--", "true", env=env)
+        assert other.returncode == 31, other.stderr
+        [line] = errors(other.stderr)
+        assert line.split(": error: ")[1].startswith(
+            f"--name {name}: the container has mount options -d "), line
+        assert "this rank -d " in line, line
+        same = as_user.run(f"--name={name}", "-dvendor.com/dev=0", "--", "true", env=env)
+        assert same.returncode == 0, same.stderr
+        none = as_user.run(f"--name={name}", "--", "true", env=env)
+        assert none.returncode == 0, none.stderr
+    finally:
+        shutil.rmtree(spec_dir, ignore_errors=True)
+
+
+def test_seccomp_is_per_process_an_attach_gets_it_whatever_the_creator_did(as_user, image,
+                                                                           name):
+    """--seccomp is no term of the container: each rank asking for it gets the filter (and only
+    it), in the same container."""
+    first = as_user.run(f"--name={name}", "-W", image, "--", "sh", "-c",
+                        f"grep Seccomp: /proc/self/status; {NS}")
+    assert first.returncode == 0, first.stderr
+    filtered = as_user.run(f"--name={name}", "--seccomp", "--", "sh", "-c",
+                           f"grep Seccomp: /proc/self/status; {NS}")
+    assert filtered.returncode == 0, filtered.stderr
+    plain = as_user.run(f"--name={name}", "--", "sh", "-c",
+                        f"grep Seccomp: /proc/self/status; {NS}")
+    assert first.stdout.split("\n")[0].split() == ["Seccomp:", "0"]
+    assert filtered.stdout.split("\n")[0].split() == ["Seccomp:", "2"]
+    assert plain.stdout.split("\n")[0].split() == ["Seccomp:", "0"]
+    namespaces = {r.stdout.split("\n")[1] for r in (first, filtered, plain)}
+    assert len(namespaces) == 1
