@@ -443,3 +443,34 @@ def test_seccomp_is_per_process_an_attach_gets_it_whatever_the_creator_did(as_us
     assert plain.stdout.split("\n")[0].split() == ["Seccomp:", "0"]
     namespaces = {r.stdout.split("\n")[1] for r in (first, filtered, plain)}
     assert len(namespaces) == 1
+
+
+def test_gc_and_ps_leave_a_running_named_container_alone_and_sweep_a_dead_one(as_user, image,
+                                                                             name, chjoin):
+    """A named container is a group of size 0, never "corrupt": `chjoinctl gc` (its owner's,
+    and root's, which sweeps as the owner) keeps it while its holder lives, `ps` lists it with
+    no problem; once its holder is SIGKILLed, gc dismisses nothing and removes its record."""
+    from conftest import Runner
+
+    assert as_user.run(f"--name={name}", "-W", image, "--", "true").returncode == 0
+    [holder] = holders(as_user.uid)
+    record = [n for n in shm_of(name) if not n.startswith("sem.")]
+    root = Runner(chjoin, "root")
+    for runner in (as_user, root):
+        done = ctl(runner, "gc", "--uid", as_user.uid, "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert (report["removed"], report["holders"], report["problems"]) == ([], [], []), report
+        assert holders(as_user.uid) == [holder] and shm_of(name)
+    listed = ctl(as_user, "ps", "--json")
+    assert listed.returncode == 0, listed.stderr
+    records = json.loads(listed.stdout)["records"]
+    assert not [r for r in records if r["problem"]], records
+    assert names_of(as_user)[name]["state"] == "running"
+    os.kill(holder, 9)
+    wait_for(lambda: not holders(as_user.uid), 5, "the holder's death")
+    done = ctl(root, "gc", "--uid", as_user.uid, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert f"/dev/shm/{record[0]}" in report["removed"] and report["problems"] == [], report
+    assert shm_of(name) == []
