@@ -211,6 +211,72 @@ def slurm_cases(tools, shape, reps, command):
     return out
 
 
+# Run inside one allocation (salloc SHAPE python -c NAMED_DRIVER ...): the first step of each
+# way creates a named container, then the ways' later steps alternate, each timed alone.
+NAMED_DRIVER = r"""
+import json, subprocess, sys, time
+chjoin, image, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+srun = ["srun", "--quiet"]
+first = {"plugin": [*srun, "--chjoin-name=bench-p", f"--chjoin-image={image}", "true"],
+         "cli": [*srun, chjoin, "--name=bench-c", image, "--", "true"]}
+later = {"plugin, attach by name": [*srun, "--chjoin-name=bench-p", "true"],
+         "plugin, build anew": [*srun, f"--chjoin-image={image}", "true"],
+         "cli, attach by name": [*srun, chjoin, "--name=bench-c", "--", "true"],
+         "cli, build anew": [*srun, chjoin, "--join", image, "--", "true"]}
+out = {name: {"wall": [], "failed": 0} for name in later}
+for argv in first.values():
+    subprocess.run(argv, check=True, capture_output=True)
+cases = list(later.items())
+for rep in range(reps):
+    for name, argv in cases[rep % len(cases):] + cases[:rep % len(cases)]:
+        started = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True)
+        out[name]["wall"].append(time.perf_counter() - started)
+        out[name]["failed"] += done.returncode != 0
+        time.sleep(0.2)
+print(json.dumps(out))
+"""
+
+
+def named_cases(tools, shape, reps):
+    """The second step of a job: attaching to a named container (`--chjoin-name`, `chjoin
+    --name`) against building anew (`--chjoin-image`, `chjoin --join`), in one allocation of
+    `shape`; the job's end (the epilog) ends the names. None without the plugin."""
+    if not os.path.exists("/etc/slurm/plugstack.conf.d/chjoin.conf"):
+        return None
+    done = subprocess.run(["salloc", *shape, tools["python"], "-c", NAMED_DRIVER,
+                           tools["chjoin"], IMAGE, str(reps)], env=ENV, capture_output=True,
+                          text=True, cwd="/tmp")
+    if done.returncode:
+        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def named_report(results):
+    """One row: a later step's wall time attaching by name against building anew, as a ratio,
+    through the plugin and the command line."""
+    lines = []
+    for shape, r in (results.get("named") or {}).items():
+        if not r:
+            continue
+        if "error" in r:
+            lines += ["", f"Named containers (`srun {shape}`): not measured: {r['error']}"]
+            continue
+        lines += ["", f"Named containers: a later step of a job (`srun {shape} true`) attaching "
+                  "by name to the container its first step created, against building one anew "
+                  "(median wall; the ways alternate within one allocation).", "",
+                  "| way | attach by name | build anew | attach / anew |", "|---|---|---|---|"]
+        for way, anew in (("plugin", "`--chjoin-image`"), ("cli", "`chjoin --join`")):
+            attach, built = r[f"{way}, attach by name"], r[f"{way}, build anew"]
+            label = "`--chjoin-name`" if way == "plugin" else "`chjoin --name`"
+            failed = attach["failed"] + built["failed"]
+            lines.append(f"| {label} vs {anew} | {med_ms(attach['wall']):.0f} ms | "
+                         f"{med_ms(built['wall']):.0f} ms | **"
+                         f"{ratio(med_ms(attach['wall']), med_ms(built['wall']))}**"
+                         f"{f' ({failed} failed)' if failed else ''} |")
+    return lines
+
+
 def failed_tasks(stderr, tasks):
     """Failed tasks from srun's `tasks 0-3,5: Exited with exit code N` lines."""
     failed = 0
@@ -694,6 +760,7 @@ def slurm_report(results):
                      + (f"**{ratio(plug, over['ch-run --join'])}** | "
                         f"{ratio(plug, over['chjoin --join'])} |" if plug is not None else
                         "n/a | n/a |"))
+    lines += named_report(results)
     b = results.get("builder")
     if b:
         lines += ["", "The builder alone (`chjoin-spank-build IMG`, socket on fd 3, as slurmstepd "
@@ -1012,6 +1079,11 @@ def main():
             step(f"srun {shape} {' '.join(command)}")
             results["slurm"][f"srun {shape} {' '.join(command)}"] = slurm_cases(
                 tools, shape.split(), 3 if quick else 7, command)
+    for shape in args.slurm:
+        if shape == "-n16":
+            step(f"named containers: a later step attaching by name, srun {shape}")
+            results.setdefault("named", {})[shape] = named_cases(tools, shape.split(),
+                                                                 3 if quick else 9)
     if args.slurm and not args.only_slurm:
         step("the builder's start-up")
         results["builder"] = builder_startup(tools, 10 if quick else 30)

@@ -1,12 +1,14 @@
-"""The SPANK plugin's builder: `chjoin-spank-build IMAGE "CHJOIN OPTIONS"`, run by slurmstepd
-once per node per step (spank/chjoin_spank.c), as the job's user, with the job's environment and
-working directory, and a socket on fd 3.
+"""The SPANK plugin's builder: `chjoin-spank-build IMAGE "CHJOIN OPTIONS" [NAME[:FLAG]]`, run by
+slurmstepd once per node per step (spank/chjoin_spank.c), as the job's user, with the job's
+environment and working directory, and a socket on fd 3.
 
 It builds the container exactly as `chjoin IMAGE` does (`launch.build`: the same options, checks,
-messages and exit codes) and, from inside it, writes on fd 3 the environment operations every
-task applies for itself (chjoin's rules: HOME, PATH, TMPDIR, --set-env, --unset-env, CH_RUNNING,
-PWD), then waits for the plugin to close the socket: by then the plugin holds the container's
-namespaces, and we exit. Each task enters them in C; no Python runs per task.
+messages and exit codes), or with `--chjoin-name` creates or enters the named container as
+`chjoin --name=NAME[:FLAG]` does (chjoin.named), and, from inside it, writes on fd 3 the
+environment operations every task applies for itself (chjoin's rules: HOME, PATH, TMPDIR,
+--set-env, --unset-env, CH_RUNNING, PWD), then waits for the plugin to close the socket: by then
+the plugin holds the container's namespaces, and we exit. Each task enters them in C; no Python
+runs per task.
 
 Runs on every step's critical path, before any task starts: imports as little as the rank path.
 The wire format, read by `apply_ops` in the plugin: "LENGTH\\n", then LENGTH bytes of records,
@@ -67,23 +69,31 @@ def split(text):
     return words
 
 
-def parse(image_ref, args):
-    """--chjoin-args and IMAGE as chjoin's command line: (options, tokens), refusing what is no
-    container option here (--join*, --help, --version, --feature, stray words)."""
-    tokens = cli.normalize([*split(args), image_ref, *PLACEHOLDER])
-    for token in tokens[:len(tokens) - 3]:
-        name = token[2:].partition("=")[0] if token.startswith("--") else None
-        if name in REFUSED:
-            raise cli.Usage(f"--chjoin-args: --{name}: the plugin already shares one container "
-                            "per node")
-        if name == "seccomp":
+def parse(image_ref, args, name=""):
+    """--chjoin-args, IMAGE and --chjoin-name as chjoin's command line: (options, tokens),
+    refusing what is no container option here (--join*, --name, --seccomp, --help, --version,
+    --feature, stray words). With a name, IMAGE may be "": enter the running container of that
+    name."""
+    tokens = cli.normalize([*split(args), *([image_ref] if image_ref else []), *PLACEHOLDER])
+    for token in tokens[:len(tokens) - 2 - bool(image_ref)]:
+        option = token[2:].partition("=")[0] if token.startswith("--") else None
+        if option in REFUSED:
+            raise cli.Usage(f"--chjoin-args: --{option}: the plugin already shares one "
+                            "container per node")
+        if option == "name":
+            raise cli.Usage("--chjoin-args: --name: give srun --chjoin-name=NAME[:FLAG]")
+        if option == "seccomp":
             raise cli.Usage("--chjoin-args: --seccomp: not under the SPANK plugin: its tasks "
                             "are entered and exec'd by slurmstepd, where no per-process filter "
                             "is installed (use srun chjoin --join --seccomp)")
-        if name in ("help", "usage", "version", "feature", "warnings", "test"):
-            raise cli.Usage(f"--chjoin-args: --{name} is no container option")
+        if option in ("help", "usage", "version", "feature", "warnings", "test"):
+            raise cli.Usage(f"--chjoin-args: --{option} is no container option")
+    if name:
+        tokens = [f"--name={name}", *tokens]
+    elif not image_ref:
+        raise cli.Usage("no image: give --chjoin-image=IMAGE or --chjoin-name=NAME")
     options, found, command = cli.parse(tokens)
-    if found != image_ref or tuple(command) != PLACEHOLDER[1:]:
+    if found != (image_ref or None) or tuple(command) != PLACEHOLDER[1:]:
         raise cli.Usage(f"--chjoin-args: not an option: {found}")
     return options, tokens
 
@@ -140,16 +150,22 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     clock = Timings()
     try:
-        if len(argv) != 2:
-            raise cli.Usage('usage: chjoin-spank-build IMAGE "CHJOIN OPTIONS" (run by the '
-                            'SPANK plugin, with a socket on fd 3)')
+        if len(argv) not in (2, 3):
+            raise cli.Usage('usage: chjoin-spank-build IMAGE "CHJOIN OPTIONS" [NAME[:FLAG]] '
+                            '(run by the SPANK plugin, with a socket on fd 3)')
         options, tokens = parse(*argv)
-        launch = cli.make_launch(argv[0], PLACEHOLDER[1:], options, tokens, os.environ, clock)
+        launch = cli.make_launch(argv[0] or None, PLACEHOLDER[1:], options, tokens, os.environ,
+                                 clock)
         clock.open(launch.timings)
         clock.role = "builder"
-        from chjoin import launch as launchmod
+        if launch.name is not None:     # --chjoin-name: create it, or enter the running one
+            from chjoin import named
 
-        launchmod.build(launch, Log(launch.verbosity, clock))
+            named.run(launch, Log(launch.verbosity, clock))
+        else:
+            from chjoin import launch as launchmod
+
+            launchmod.build(launch, Log(launch.verbosity, clock))
         data = encode(operations(launch))
         clock.done("environment")
         clock.report()

@@ -20,6 +20,7 @@ from chjoin.peers import parse_int
 
 IMAGE_ENV = "\0image"   # the value of a bare --set-env: the image's /ch/environment
 USAGE = "chjoin [OPTIONS] IMAGE -- CMD [ARG...]"
+NAMED_USAGE = "chjoin --name=NAME[:exec|auto] [OPTIONS] -- CMD [ARG...]"
 
 # How an option takes its value: FLAG none, COUNT none and repeatable, VALUE one (the last one
 # given wins), LIST one per use, OPTIONAL only when attached (`--x=V`, `-xV`), else a default;
@@ -62,9 +63,16 @@ OPTIONS = (
     ("join-timeout", "", VALUE, "SECONDS",
      "late ranks may join until SECONDS after the group's first one arrived; then its "
      "container is no longer kept for them (default: $CHJOIN_JOIN_TIMEOUT, else 30)"),
+    ("keep", "", VALUE, "DURATION",
+     "with --name: end the container DURATION (30, 90s, 10m, 2h, 1d) after its last process "
+     "exits (default: when chjoinctl stop ends it, or under Slurm the job)"),
     ("mount", "m", VALUE, "DIR",
      "SquashFS image: mount it at DIR, in the container's own mount namespace (default: "
      "/var/tmp/$USER.ch/mnt, created if missing)"),
+    ("name", "", VALUE, "NAME[:FLAG]",
+     "run in the named container NAME, kept after its ranks exit: FLAG create builds it, exec "
+     "enters a running one (then IMAGE may be omitted: chjoin --name=NAME -- CMD), auto "
+     "(default) whichever applies; under Slurm NAME belongs to the job"),
     ("test", "", VALUE, "TEST", "do test TEST (log, log-fail: ch-run's logging tests)"),
     ("quiet", "q", COUNT, "",
      "print less: -q hides CMD's stdout, -qq also warnings, -qqq also CMD's stderr"),
@@ -193,6 +201,10 @@ def parse(tokens):
                          options[name] + [value] if kind in (LIST, OPTIONAL) else value)
         i += 1
     logging_options(options)
+    if options["name"] is not None and tokens[i:i + 1] == ["--"] and "--" not in tokens[i + 1:]:
+        if len(tokens) == i + 1:        # --name with no IMAGE: `chjoin --name=NAME -- CMD`
+            raise Usage(f"missing command: {NAMED_USAGE}")
+        return options, None, tokens[i + 1:]
     rest = tokens[i + (tokens[i:i + 1] == ["--"]):]
     if not rest:
         raise Usage(f"missing IMAGE: {USAGE} (see --help)")
@@ -408,6 +420,53 @@ def join_options(o, environ):
     return join
 
 
+NAME_MODES = ("auto", "create", "exec")
+
+
+def name_options(o, image_ref):
+    """--name NAME[:FLAG] and --keep as `Launch` fields, checked; {} without --name."""
+    if o["name"] is None:
+        if o["keep"] is not None:
+            raise Fatal("--keep: only with --name")
+        return {}
+    name, colon, mode = o["name"].rpartition(":") if ":" in o["name"] else (o["name"], "", "")
+    mode = mode if colon else "auto"
+    if not name or "\0" in name or "/" in name or len(name) > 128:
+        raise Fatal(f"--name: not a name: {o['name']!r} (1 to 128 characters, no /)")
+    if mode not in NAME_MODES:
+        raise Fatal(f'--name: flag must be "auto", "create" or "exec", not {mode!r}')
+    if o["join-pid"] is not None:
+        raise Fatal("--name can't be combined with --join-pid")
+    if image_ref is None and mode == "create":
+        raise Fatal(f"--name {name}:create: no IMAGE to create it from")
+    return {"name": name, "name_mode": mode,
+            "keep": 0.0 if o["keep"] is None else parse_duration(o["keep"], "--keep")}
+
+
+def parse_duration(text, option):
+    """`30`, `90s`, `10m`, `2h`, `1d` in seconds (positive)."""
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in "smhd" and text[-1:] else text
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < 1e9:
+        raise Fatal(f"{option}: must be a positive duration (30, 90s, 10m, 2h, 1d), not {text!r}")
+    return seconds
+
+
+def given_terms(o, image_ref):
+    """Labels of the join terms (`Launch.join_terms`) this command line sets: what an attach to
+    a named container must agree on; a term it leaves unset is the container's."""
+    given = ["image"] * (image_ref is not None)
+    given += ["uid:gid"] * (o["uid"] is not None or o["gid"] is not None)
+    given += ["write mode"] * bool(o["write"] or o["write-fake"] or o["home"] or o["cdi"])
+    given += ["mount options"] * bool(o["bind"] or o["home"] or o["private-tmp"] or
+                                      o["no-passwd"] or o["cdi"])     # -d is a mount option
+    return tuple(given)
+
+
 def timings_target(flag, environ):
     """Where --timings / $CHJOIN_TIMINGS send the report: "stderr", a file's absolute path, or
     None. The variable says 1 (stderr), 0 or nothing (off), or names the file."""
@@ -519,13 +578,19 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
             raise Fatal("--home: $HOME not set")
         write_fake = write_fake or WRITE_FAKE_DEFAULT_SIZE
     join = join_options(o, environ)
+    named = name_options(o, image_ref)
     clock.done("parse")
-    found = find_image(image_ref, o, identity.user_name, environ, log)
-    squash_mount = squash_mount_of(found, o, identity.user_name, log)
+    generate_passwd = not o["no-passwd"]
+    if image_ref is None:       # --name, entering a running container: it has its image
+        from chjoin.image import Image
+
+        found, squash_mount = Image("", by_name=False), None
+    else:
+        found = find_image(image_ref, o, identity.user_name, environ, log)
+        squash_mount = squash_mount_of(found, o, identity.user_name, log)
     newroot = found.path            # ch-run's -v `newroot:`: a SquashFS image's is its -m
     if squash_mount is not None:
         newroot = os.path.realpath(o["mount"]) if o["mount"] else "(null)"
-    generate_passwd = not o["no-passwd"]
     if found.path == "/":       # the host's root as image
         if write_fake is not None:
             raise Fatal(f"{'--home' if home else '--cdi' if devices else '--write-fake'} "
@@ -549,8 +614,9 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
                   home=home, private_tmp=bool(o["private-tmp"]),
                   host_tmp=environ.get("TMPDIR") or "/tmp",
                   generate_passwd=generate_passwd, env_ops=ops, verbosity=verbosity,
-                  devices=devices,
-                  timings=timings_target(o["timings"], environ), environ=dict(environ), **join)
+                  devices=devices, given=given_terms(o, image_ref),
+                  timings=timings_target(o["timings"], environ), environ=dict(environ),
+                  **join, **named)
 
 
 def main(argv=None):

@@ -54,6 +54,10 @@ class Launch(Value):
     fuse_single: bool = False        # --fuse-single: the SquashFS daemon single-threaded
     seccomp: bool = False            # --seccomp: root emulation, installed in each rank
     timings: str | None = None       # --timings, $CHJOIN_TIMINGS: "stderr", a file, or None
+    name: str | None = None          # --name NAME: a named container (chjoin.named)
+    name_mode: str = "auto"          # --name NAME:FLAG: "auto", "create" or "exec"
+    keep: float = 0.0                # --keep: seconds after its last process exits (0: stopped)
+    given: tuple = ()                # labels of the join terms the command line set (IMAGE...)
     environ: dict                    # the environment the launch reads
 
     def join_terms(self):

@@ -73,6 +73,10 @@ def review(g, now, thorough=False):
     rank's slot keeps the group a little longer (the holder's next check ends it), never less.
     A group with no live holder is always checked thoroughly: nobody else would."""
     winner = g.slots[0]
+    if g.named:         # chjoin.named: no size, no deadline; over when nothing can serve
+        if g.state == SETUP and ns.alive(winner[0], winner[2]):
+            return False
+        return g.state != READY or not ns.alive(*g.holder)
     if g.state == SETUP:
         if ns.alive(winner[0], winner[2]):
             return False

@@ -28,7 +28,7 @@ def run(launch, clock, closed_stdio=()):
 
         default_command = image.default_command_reader()
     group = None
-    if launch.join:
+    if launch.join and launch.name is None:     # a named container finds its own launch
         from chjoin import peers
 
         group = peers.find(launch.environ, peers.this_process(launch.environ),
@@ -37,7 +37,11 @@ def run(launch, clock, closed_stdio=()):
     if group:
         clock.group = (group.tag, group.count)
         clock.done("discovery")
-    if launch.join_pid is not None:
+    if launch.name is not None:
+        from chjoin import named
+
+        named.run(launch, log)
+    elif launch.join_pid is not None:
         log.info(f"joining namespaces of pid {launch.join_pid}")
         ns.join_pid(launch.join_pid)
         clock.done("join")

@@ -10,6 +10,11 @@ The object: the index of the current copy (0 or 1), then two copies. A copy: its
 CRC, version, length, group count, and the tag, so that nobody needs to read a tag from an
 object's name), then its groups, each a fixed part, its terms ("label\\0text", long ones
 shortened by a digest), its error, and its slots (pid, state, start time), the winner's first.
+
+A named container (`chjoin --name`, chjoin.named) is a group of size 0: no fixed count of ranks,
+one slot (its creator), a holder that stays. Its deadline field holds how long it is kept after
+its last process exits (`--keep`, 0: until stopped), and its error field, while it serves, the
+tag of the launch that created it (whose other ranks may attach under `:create`).
 """
 
 import struct
@@ -19,7 +24,7 @@ from chjoin import ns
 from chjoin.log import EXIT_ERROR
 
 MAGIC = b"chjoin\0t"
-VERSION = 4
+VERSION = 5
 MAX_PEERS = 4096
 MAX_GROUPS = 16
 PID_MAX = 1 << 22                   # the kernel's limit for /proc/sys/kernel/pid_max
@@ -59,6 +64,12 @@ class Group:
         self.terms = list(terms)      # ["label\0text"], as `stored_terms` makes them
         self.error = ""
         self.slots = [list(s) for s in slots]     # [[pid, state, start]], the winner first
+        self.launch = ""              # a named container's creating launch (its tag)
+
+    @property
+    def named(self):
+        """A named container (`--name`): size 0, kept by its holder until stopped."""
+        return self.expected == 0
 
     @property
     def id(self):
@@ -122,8 +133,10 @@ def parse(buf):
         _check(pos + _FIXED <= length, f"group {i} past the end")
         state, expected, nslots, deadline, pid, start, user, mnt = _GROUP.unpack_from(snap, pos)
         _check(state in (SETUP, READY, FAILED), f"group {i}: state {state}")
-        _check(1 <= expected <= MAX_PEERS, f"group {i}: size {expected}")
-        _check(1 <= nslots <= expected, f"group {i}: {nslots} slots of {expected}")
+        _check(expected <= MAX_PEERS, f"group {i}: size {expected}")
+        _check(1 <= nslots <= expected or (expected == 0 and nslots == 1),
+               f"group {i}: {nslots} slots of {expected}" if expected else
+               f"group {i}: size 0 (named) with {nslots} slots")
         _check(deadline >= 0, f"group {i}: deadline {deadline}")
         _check(0 <= pid < PID_MAX, f"group {i}: holder pid {pid}")
         g = Group(expected, deadline / 1e9)
@@ -135,6 +148,8 @@ def parse(buf):
                 g.terms.append(term)
             pos += _TERM.size
         g.error = _text(snap[pos:pos + _ERROR])
+        if g.named and state != FAILED:
+            g.launch, g.error = g.error, ""
         pos += _ERROR
         _check(pos + nslots * _SLOT.size <= length, f"group {i}: {nslots} slots past the end")
         for _ in range(nslots):
@@ -156,7 +171,8 @@ def encode(tag, groups):
                             *g.holder, *g.inodes)
         for i in range(_TERMS):
             data += _TERM.pack(g.terms[i].encode() if i < len(g.terms) else b"")
-        data += g.error.encode()[:_ERROR].ljust(_ERROR, b"\0")
+        error = g.launch if g.named and g.state != FAILED else g.error
+        data += error.encode()[:_ERROR].ljust(_ERROR, b"\0")
         for slot in g.slots:
             data += _SLOT.pack(*slot)
     if len(data) > COPY:

@@ -22,8 +22,9 @@ prolog: makes sure this node can start the job user's containers, else fails the
       --comment=chjoin-stage=PATH    copy SquashFS file PATH to $CHJOIN_STAGE_DIR/JOBID/NAME,
                                      if chjoin can run it (a sound superblock, the file whole)
 epilog: removes what chjoin left on this node for the ending job: holder processes of the
-  job's uid started within the job, the IPC objects of the job's Slurm tags, records of that uid
-  no live process uses any more, and the job's staging directory. Always exits 0.
+  job's uid started within the job (those of its named containers too: the job's names end with
+  it), the IPC objects of the job's Slurm tags and names, records of that uid no live process
+  uses any more, and the job's staging directory. Always exits 0.
 """
 
 import os
@@ -457,10 +458,11 @@ def _kill_job_holders(job_id):
 
 def remove_ipc(job):
     """Unlink the job's records and semaphores: those of its Slurm tags (`slurm.JOB.STEP`, as
-    stored in each record: names say nothing), and any of its uid that no live process uses,
-    as `chjoinctl gc` does (chjoin.sweep: as the owner, only the owner's objects)."""
+    stored in each record: names say nothing) and its named containers (`name.JOB.NAME`), and
+    any of its uid that no live process uses, as `chjoinctl gc` does (chjoin.sweep: as the
+    owner, only the owner's objects, holders signalled through a checked pidfd)."""
     from chjoin import sweep
-    done = sweep.sweep_all(job.uid, force_tag=f"slurm.{job.id}.")
+    done = sweep.sweep_all(job.uid, force_tag=(f"slurm.{job.id}.", f"name.{job.id}."))
     return [f"removed {d}" if what == "removed" else
             f"dismissed holder pid {d}" if what == "holder" else f"problem: {d}"
             for what, d in done]

@@ -1,4 +1,6 @@
-/* chjoin's SPANK plugin: `srun --chjoin-image=IMAGE [--chjoin-args="OPTIONS"] CMD`.
+/* chjoin's SPANK plugin: `srun --chjoin-image=IMAGE [--chjoin-args="OPTIONS"] CMD`, and
+   `srun --chjoin-name=NAME[:auto|create|exec] [--chjoin-image=IMAGE] CMD` for a named container
+   (the first step of a job creates it on each node, later steps enter it: chjoin/named.py).
 
    One container per node per step, no Python per task. slurmstepd runs chjoin's builder (Python)
    once, in slurm_spank_user_init, before any task is forked: it builds the container exactly as
@@ -61,6 +63,7 @@ SPANK_PLUGIN(chjoin, 1);
 /* Options: the last value given wins (SPANK keeps one per option). */
 static char *image;          /* --chjoin-image; NULL, "" or "none": no container */
 static char *chjoin_args;    /* --chjoin-args: chjoin's container options, one string */
+static char *name;           /* --chjoin-name: NAME[:FLAG], a named container of the job */
 
 /* Plugstack arguments. */
 static const char *builder = CHJOIN_BUILDER;
@@ -80,6 +83,7 @@ static uint32_t forked;                         /* tasks forked so far */
 
 static int opt_image(int val, const char *optarg, int remote);
 static int opt_args(int val, const char *optarg, int remote);
+static int opt_name(int val, const char *optarg, int remote);
 
 static struct spank_option options[] = {
     {"chjoin-image", "IMAGE",
@@ -88,6 +92,10 @@ static struct spank_option options[] = {
     {"chjoin-args", "\"OPTIONS\"",
      "chjoin's container options for --chjoin-image, quoted as one word: -b SRC[:DST], -W, "
      "-c DIR, --set-env, --unset-env, -u, -g, --home, -t, ...", 1, 0, opt_args},
+    {"chjoin-name", "NAME[:FLAG]",
+     "run each task in the job's named container NAME on its node, kept for later steps: "
+     "FLAG create builds it (from --chjoin-image), exec enters it, auto (default) either",
+     1, 0, opt_name},
 };
 
 static int set_option(char **where, const char *value)
@@ -105,6 +113,11 @@ static int opt_image(int val, const char *optarg, int remote)
 static int opt_args(int val, const char *optarg, int remote)
 {
     return set_option(&chjoin_args, optarg);
+}
+
+static int opt_name(int val, const char *optarg, int remote)
+{
+    return set_option(&name, optarg);
 }
 
 /* Register both options in every context (a spank_options[] table would not reach sbatch and
@@ -279,7 +292,9 @@ static int drain(int fd)
 /* The builder's argv. A Python script (the usual case) is run by its interpreter with -I -S:
    the job's PYTHON* variables must not reach chjoin, and `site` (with the .pth hooks a venv may
    hold) costs every step milliseconds; the builder finds its own site-packages. */
-static void builder_argv(char *argv[7], char *interpreter, size_t size)
+static int has_image(void);
+
+static void builder_argv(char *argv[8], char *interpreter, size_t size)
 {
     int n = 0, fd = open(builder, O_RDONLY | O_CLOEXEC);
     ssize_t len = fd >= 0 ? read(fd, interpreter, size - 1) : -1;
@@ -295,8 +310,10 @@ static void builder_argv(char *argv[7], char *interpreter, size_t size)
         argv[n++] = "-S";
     }
     argv[n++] = (char *)builder;
-    argv[n++] = image;
+    argv[n++] = has_image() ? image : "";
     argv[n++] = chjoin_args ? chjoin_args : "";
+    if (name && *name)
+        argv[n++] = name;
     argv[n] = NULL;
 }
 
@@ -308,7 +325,7 @@ static void build(spank_t sp)
     gid_t gid;
     char **env;
     int sv[2], out[2];
-    char *argv[7], interpreter[256];
+    char *argv[8], interpreter[256];
 
     builder_argv(argv, interpreter, sizeof interpreter);
 
@@ -399,9 +416,18 @@ static void build(spank_t sp)
         fail(EXIT_ERROR, pid, "can't open the container's namespaces: %s", strerror(errno));
 }
 
-static int wanted(void)
+static int has_image(void)
 {
     return image && *image && strcmp(image, "none");
+}
+
+/* A container for this step: an image, or a name (whose container may be running already);
+   --chjoin-image=none opts a step out of both. */
+static int wanted(void)
+{
+    if (image && !strcmp(image, "none"))
+        return 0;
+    return has_image() || (name && *name);
 }
 
 static void close_namespaces(void)

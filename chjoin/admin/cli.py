@@ -54,9 +54,73 @@ def ps(uid, tag, as_json):
     group: tag, uid, state, ranks arrived/expected, age, holder, image, each rank, and the
     processes inside its container (found by namespace inode). Groups that no live process
     holds any more are marked stale."""
-    from chjoin.admin import groups
-    records = groups.survey(_uid_filter(uid, False), tag)
-    emit(as_json, {"records": records}, groups.text(records))
+    from chjoin.admin import groups, names
+    uid = _uid_filter(uid, False)
+    records = groups.survey(uid, tag)
+    found = [n for n in names.survey(uid) if tag is None or n["tag"] == tag]
+    emit(as_json, {"records": records, "names": found},
+         groups.text(records) + "\n\n" + names.text(found))
+
+
+def _named(name, job, uid):
+    """The named container a command acts on, or an error in one line."""
+    from chjoin.admin import names
+    if job is None and os.environ.get("SLURM_JOB_ID"):
+        job = os.environ["SLURM_JOB_ID"]        # inside a job: the job's name
+    try:
+        return names.find(name, job, _uid_filter(uid, False))
+    except names.Problem as e:
+        raise click.ClickException(str(e)) from None
+
+
+_job_option = click.option("--job", help="The Slurm job the name belongs to (default: the job "
+                           "we run in, else the only one; none: outside Slurm).")
+_uid_option = click.option("--uid", type=int, help="Only this user's names (root).")
+
+
+@main.command()
+@click.argument("name")
+@_job_option
+@_uid_option
+@click.option("--grace", type=float, default=10.0, show_default=True,
+              help="Seconds the processes inside have after SIGTERM, before SIGKILL.")
+def stop(name, job, uid, grace):
+    """End named container NAME: every process inside gets SIGTERM (SIGKILL after --grace),
+    then its holder goes; nothing is left of it (no process, record or -W layer)."""
+    from chjoin.admin import names
+    entry = _named(name, job, uid)
+    inside = entry["inside"]
+    problem = names.as_owner(entry, names.stop, entry, grace, timeout=grace + 30)
+    if problem:
+        raise click.ClickException(f"stop {name}: {problem}")
+    click.echo(f"stopped {name}{' (job ' + entry['job'] + ')' if entry['job'] else ''}: "
+               f"{inside} process{'es' if inside != 1 else ''} inside ended, holder pid "
+               f"{entry['holder']} gone")
+
+
+@main.command()
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=True))
+@_job_option
+@_uid_option
+@click.option("--force", is_flag=True, help="Replace FILE if it exists (never a directory).")
+def save(name, file, job, uid, force):
+    """Pack named container NAME's current root (the image with its -W changes) into the
+    SquashFS image FILE, written to a temporary file beside it and renamed. Refuses a
+    directory, and an existing FILE unless --force."""
+    from chjoin.admin import names
+    path = os.path.abspath(file)
+    if os.path.isdir(path):
+        raise click.ClickException(f"save: {file} is a directory; give the image's file name")
+    if os.path.lexists(path) and not force:
+        raise click.ClickException(f"save: {file} exists (--force replaces it)")
+    entry = _named(name, job, uid)
+    if not entry["holder_alive"]:
+        raise click.ClickException(f"save: {name}: the container is gone (its holder died)")
+    problem = names.as_owner(entry, names.save, entry, path, force, timeout=3600)
+    if problem:
+        raise click.ClickException(f"save {name}: {problem}")
+    click.echo(f"saved {name} to {file} ({os.path.getsize(path) / 2**20:.1f} MiB)")
 
 
 @main.command()

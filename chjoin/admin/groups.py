@@ -120,6 +120,9 @@ def survey(uid=None, tag=None):
         stored, groups, problem = read_record(path, int(name.split("-", 2)[1]))
         if tag is not None and stored != record.stored_tag(tag):
             continue
+        if groups and all(g.named for g in groups):
+            continue                # named containers: `chjoinctl ps` lists them apart
+        groups = [g for g in groups if not g.named] if groups else groups
         try:
             owner = os.lstat(path).st_uid
         except OSError:

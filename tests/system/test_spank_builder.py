@@ -13,12 +13,13 @@ from pathlib import Path
 from test_startup import HEAVY, imported
 
 
-def run_builder(as_user, image, args, env=None, take=None):
-    """Run the builder; `take(pid)` is called once the operations are in, while it waits. Returns
-    (exit code, stderr, operations as [[fields]])."""
+def run_builder(as_user, image, args, env=None, take=None, name=None):
+    """Run the builder (with --chjoin-name `name`, if given); `take(pid)` is called once the
+    operations are in, while it waits. Returns (exit code, stderr, operations as [[fields]])."""
     chjoin = Path(as_user.chjoin)
     argv = [str(chjoin.parent / "python"), "-X", "importtime", "-I", "-S",
-            str(chjoin.parent / "chjoin-spank-build"), str(image), args]
+            str(chjoin.parent / "chjoin-spank-build"), str(image), args,
+            *([name] if name is not None else [])]
     ours, theirs = socket.socketpair()
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=as_user.env(env), cwd="/",

@@ -49,6 +49,20 @@ def test_squashfs_launches_import_nothing_heavy(as_user, squash_dir):
         assert imported(rank.stderr) & (HEAVY | {"socket"}) == set()
 
 
+def test_creating_and_attaching_to_a_named_container_imports_nothing_heavy(as_user, image):
+    name = f"light-{as_user.who}"
+    try:
+        for args in ([f"--name={name}", image], [f"--name={name}"]):
+            result = as_user.run(*args, "--", "true", env={"PYTHONPROFILEIMPORTTIME": "1"})
+            assert result.returncode == 0, result.stderr
+            modules = imported(result.stderr)
+            assert "chjoin.named" in modules
+            assert modules & HEAVY == set()
+    finally:
+        from test_named import ctl
+        ctl(as_user, "stop", name)
+
+
 def test_seccomp_ranks_import_only_the_filter(as_user, image):
     """--seccomp costs a rank the filter module (its program precomputed) and nothing heavy."""
     group = as_user.group(["--seccomp", "--join-ct=3", "--join-tag=seclight", image, "--",

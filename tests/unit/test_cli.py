@@ -6,8 +6,9 @@ import os
 import pytest
 
 from chjoin import env
-from chjoin.cli import (IMAGE_ENV, OPTIONS, Usage, env_ops, help_text, normalize, parse,
-                        parse_bind, parse_int, timings_target, verbosity_of)
+from chjoin.cli import (IMAGE_ENV, OPTIONS, Usage, env_ops, given_terms, help_text,
+                        name_options, normalize, parse, parse_bind, parse_int, timings_target,
+                        verbosity_of)
 from chjoin.config import BindSpec
 from chjoin.log import Fatal
 
@@ -145,3 +146,56 @@ def test_timings_go_to_stderr_a_file_or_nowhere(flag, value, target):
 
 def test_relative_timings_file_is_made_absolute_before_the_container_changes_cwd():
     assert timings_target(0, {"CHJOIN_TIMINGS": "t.json"}) == os.path.join(os.getcwd(), "t.json")
+
+
+@pytest.mark.parametrize("args, image, command", [
+    (["--name=dev", "--", "make", "-j"], None, ["make", "-j"]),     # no IMAGE: enter it
+    (["--name=dev", "--", "/img", "--", "make"], "/img", ["make"]),
+    (["--name=dev", "/img", "--", "make"], "/img", ["make"]),
+    (["--name=dev", "/img", "make"], "/img", ["make"]),
+])
+def test_a_named_launch_may_omit_the_image(args, image, command):
+    _options, found, cmd = parse(normalize(args))
+    assert (found, cmd) == (image, command)
+
+
+def test_without_a_name_the_image_is_never_omitted():
+    assert parse(normalize(["--", "make", "-j"]))[1:] == ("make", ["-j"])
+
+
+def options_of(*args):
+    return parse(normalize([*args, "/img", "true"]))[0]
+
+
+@pytest.mark.parametrize("args, fields", [
+    (["--name=dev"], {"name": "dev", "name_mode": "auto", "keep": 0.0}),
+    (["--name=dev:exec"], {"name": "dev", "name_mode": "exec", "keep": 0.0}),
+    (["--name=a:b:create", "--keep=90s"], {"name": "a:b", "name_mode": "create", "keep": 90.0}),
+    (["--name=x", "--keep=2h"], {"name": "x", "name_mode": "auto", "keep": 7200.0}),
+    (["--name=x", "--keep=1.5"], {"name": "x", "name_mode": "auto", "keep": 1.5}),
+    ([], {}),
+])
+def test_name_options(args, fields):
+    assert name_options(options_of(*args), "/img") == fields
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--name=dev:run"], "--name: flag must be \"auto\", \"create\" or \"exec\", not 'run'"),
+    (["--name=:exec"], "--name: not a name: ':exec'"),
+    (["--name=a/b"], "--name: not a name: 'a/b'"),
+    (["--keep=10m"], "--keep: only with --name"),
+    (["--name=x", "--keep=0"], "--keep: must be a positive duration"),
+    (["--name=x", "--keep=soon"], "--keep: must be a positive duration"),
+    (["--name=x", "--join-pid=5"], "--name can't be combined with --join-pid"),
+])
+def test_bad_name_options_are_refused(args, message):
+    with pytest.raises(Fatal, match=message.replace("(", r"\(").replace(")", r"\)")):
+        name_options(options_of(*args), "/img")
+
+
+def test_an_attach_compares_only_the_terms_its_options_set():
+    assert given_terms(options_of(), None) == ()
+    assert given_terms(options_of(), "/img") == ("image",)
+    assert given_terms(options_of("-u", "0", "--home", "-t"), None) == (
+        "uid:gid", "write mode", "mount options")
+    assert given_terms(options_of("-W"), None) == ("write mode",)

@@ -38,6 +38,17 @@ def test_what_a_rank_stores_parses_back_with_its_tag():
     assert groups[1].failure() == (84, "the winner (pid 201) failed: no image")
 
 
+def test_a_named_container_is_a_group_of_size_0_with_its_keep_and_creating_launch():
+    g = Group(0, 90.0, ["image\0/img"], [[301, record.INSIDE, 11]])
+    g.state, g.holder, g.inodes, g.launch = record.READY, (302, 12), (5, 6), "slurm.9.1"
+    [back] = record.parse(bytes(written("name.9.build", [g])))[1]
+    assert back.named and (back.deadline, back.launch, back.error) == (90.0, "slurm.9.1", "")
+    back.fail("the creator (pid 301) failed: no image")
+    [failed] = record.parse(bytes(written("name.9.build", [back])))[1]
+    assert failed.failure() == (31, "the creator (pid 301) failed: no image")
+    assert failed.launch == ""
+
+
 def test_a_record_nobody_wrote_is_empty():
     assert record.parse(b"") == ("", [])
     assert record.parse(bytes(record.SIZE)) == ("", [])
@@ -66,7 +77,7 @@ GROUP_AT = record._HEAD.size      # the first group's fixed part, in a copy
 
 @pytest.mark.parametrize("field, offset, fmt, value, why", [
     ("state", 0, "<I", 9, "state 9"),
-    ("expected", 4, "<I", 0, "size 0"),
+    ("expected", 4, "<I", 0, "size 0 \\(named\\) with 2 slots"),
     ("expected", 4, "<I", 1 << 31, "size"),
     ("zero slots", 8, "<i", 0, "0 slots"),
     ("negative slots", 8, "<i", -1, "slots"),
@@ -122,7 +133,8 @@ def test_random_damage_is_corrupt_or_parses_never_anything_else():
         except Exception as e:                  # noqa: BLE001 -- the point of the test
             pytest.fail(f"seed {SEED}: {type(e).__name__}: {e}")
         for g in groups:
-            assert 1 <= len(g.slots) <= g.expected <= record.MAX_PEERS, SEED
+            assert 1 <= len(g.slots) <= max(g.expected, 1) <= record.MAX_PEERS, SEED
+            assert g.expected or len(g.slots) == 1, SEED
 
 
 def test_too_many_ranks_for_one_copy_is_refused_when_stored():
