@@ -104,6 +104,43 @@ def host_image():
     shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture
+def debian_image(as_user):
+    """A Debian image of this host (build_host_image) that apt and dpkg can run in: the host's
+    dpkg status and apt/dpkg configuration, owned by the identity (as ch-image leaves images),
+    with /usr and /opt bound from the host at run time (HOST_BINDS); and a directory holding
+    test.deb, package chjoin-seccomp-test: /srv/chjoin-test/hello owned by root and .../games
+    by games (uid 5), which only --seccomp lets dpkg install (tests/system/test_seccomp.py,
+    tests/slurm/test_named_steps.py)."""
+    base = world_readable_dir("chjoin-debian-")
+    root = build_host_image(base / "img")
+    for d in ("var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers",
+              "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/log/apt"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy("/var/lib/dpkg/status", root / "var/lib/dpkg/status")
+    (root / "var/lib/dpkg/available").write_text("")
+    shutil.copytree("/etc/apt", root / "etc/apt", dirs_exist_ok=True)
+    shutil.copytree("/etc/dpkg", root / "etc/dpkg", dirs_exist_ok=True)
+    # the package: a file owned by root and one by games (uid 5)
+    pkg = base / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN" / "control").write_text(
+        "Package: chjoin-seccomp-test\nVersion: 1.0\nArchitecture: all\n"
+        "Maintainer: chjoin tests <root@localhost>\nDescription: files of two owners\n")
+    (pkg / "srv" / "chjoin-test").mkdir(parents=True)
+    (pkg / "srv" / "chjoin-test" / "hello").write_text("hello\n")
+    (pkg / "srv" / "chjoin-test" / "games").write_text("games\n")
+    os.chown(pkg / "srv" / "chjoin-test" / "games", 5, 60)
+    debs = base / "debs"
+    debs.mkdir()
+    subprocess.run(["dpkg-deb", "-b", str(pkg), str(debs / "test.deb")], check=True,
+                   capture_output=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    as_user.own(root)
+    yield root, debs
+    shutil.rmtree(base, ignore_errors=True)
+
+
 _shm_names = {}      # (uid, tag, environment): the names, which stay while the key does
 
 

@@ -145,9 +145,9 @@ def as_owner(entry, action, *args, timeout=60.0):
     try:
         return runas.run_as(entry["uid"], gid, action, *args, groups=groups,
                             deadline=time.monotonic() + timeout) or ""
-    except owner.Timeout:
+    except runas.Timeout:
         return f"gave up after {timeout:g} s (its child as uid {entry['uid']} was killed)"
-    except owner.ChildFailed as e:
+    except runas.ChildFailed as e:
         return str(e)
 
 

@@ -9,6 +9,7 @@ import os
 import re
 import select
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import HOST_BINDS
 from cluster import cluster, sbatch, submit, wait_for, wait_job  # noqa: F401
 from test_spank import errors, leftovers, spank  # noqa: F401
 
@@ -65,27 +67,41 @@ def nothing_left(cluster, as_user):
 @pytest.mark.parametrize("how", ["plugin", "cli"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_three_steps_one_build_per_node_then_ten_parallel_attaches(
-        cluster, spank, as_user, image, how, layout):
+        cluster, spank, as_user, image, how, layout, request):
     """Step 1 creates NAME with -W and a bind and writes /made; step 2 attaches and reads it;
     then ten `srun --overlap` steps attach at once. On each node every line names one
-    container; the job's end (the epilog) leaves nothing."""
+    container; the job's end (the epilog) leaves nothing. Through the command line, step 1 also
+    installs a local .deb with apt-get under --seccomp as uid 0 in a Debian image of this host
+    (the plugin refuses --seccomp), and every later step sees the package installed."""
     options, nodes = layout
     base = workdir()
+    say, args, install = SAY, f"-W -b {base}:/mnt", ""
+    if how == "cli":
+        image, debs = request.getfixturevalue("debian_image")
+        shutil.copy(debs / "test.deb", base / "test.deb")
+        (base / "test.deb").chmod(0o644)
+        args = " ".join(["-W", "--seccomp", "-u", "0", "-g", "0", *HOST_BINDS, args[3:]])
+        install = ('[ "$SLURM_LOCALID" != 0 ] || apt-get install -y /mnt/test.deb '
+                   "|| echo apt-failed; ")      # one install per container
+        say += (" \"$(dpkg-query -W -f='${{Status}}' chjoin-seccomp-test 2>&1)"
+                ' $(cat /srv/chjoin-test/hello 2>&1)"')
     script = "\n".join([
-        step(how, as_user.chjoin, "build", "echo made-on-$(hostname) > /made; " +
-             SAY.format(step="S1"), image=image, args=f"-W -b {base}:/mnt"),
-        step(how, as_user.chjoin, "build", SAY.format(step="S2")),
-        *[step(how, as_user.chjoin, "build", SAY.format(step=f"S3.{i}"),
+        step(how, as_user.chjoin, "build", install + "echo made-on-$(hostname) > /made; " +
+             SAY.format(step="S1"), image=image, args=args),
+        step(how, as_user.chjoin, "build", say.format(step="S2")),
+        *[step(how, as_user.chjoin, "build", say.format(step=f"S3.{i}"),
                options="--overlap") + " &" for i in range(10)],
         "wait", ""])
     try:
         job_id, out = sbatch(as_user, script, options)
-        wait_job(job_id, 120)
+        wait_job(job_id, 180)
         text = out.read_text()
         lines = [line.split() for line in text.splitlines() if re.match(r"S[123]", line)]
         per_node = {}
         for words in lines:
             assert words[2] == f"made-on-{words[1]}" and words[3] == "bound-by-step-1", text
+            if how == "cli" and not words[0].startswith("S1"):
+                assert words[6:] == ["install", "ok", "installed", "hello"], text
             per_node.setdefault(words[1], set()).add((words[4], words[5]))
         assert len(per_node) == nodes, text
         assert all(len(c) == 1 for c in per_node.values()), per_node     # one build per node
@@ -93,6 +109,8 @@ def test_three_steps_one_build_per_node_then_ten_parallel_attaches(
         tasks = 2 if nodes == 1 else 1
         assert len(lines) == 12 * nodes * tasks, text
         assert errors(text) == [], text
+        if how == "cli":
+            assert text.count("Setting up chjoin-seccomp-test (1.0)") == nodes, text
         nothing_left(cluster, as_user)
     finally:
         subprocess.run(["rm", "-rf", str(base)])

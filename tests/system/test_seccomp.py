@@ -101,47 +101,9 @@ def test_feature_seccomp_is_supported(as_user):
     assert as_user.run("--feature=seccomp").returncode == 0
 
 
-# apt-get in a -W container of a Debian image of this host: dpkg sets each file's owner from
-# the package, and an owner the container can't map (uid 5) fails without --seccomp.
-
-@pytest.fixture
-def debian_image(as_user):
-    """A Debian image of this host (tests/conftest.py's host image) that apt and dpkg can run
-    in: the host's dpkg status and apt/dpkg configuration, owned by the identity (as ch-image
-    leaves images), with /usr and /opt bound from the host at run time (HOST_BINDS)."""
-    import shutil
-    import subprocess
-
-    from conftest import build_host_image
-
-    base = world_readable_dir("chjoin-debian-")
-    root = build_host_image(base / "img")
-    for d in ("var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers",
-              "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/log/apt"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    shutil.copy("/var/lib/dpkg/status", root / "var/lib/dpkg/status")
-    (root / "var/lib/dpkg/available").write_text("")
-    shutil.copytree("/etc/apt", root / "etc/apt", dirs_exist_ok=True)
-    shutil.copytree("/etc/dpkg", root / "etc/dpkg", dirs_exist_ok=True)
-    # the package: a file owned by root and one by games (uid 5)
-    pkg = base / "pkg"
-    (pkg / "DEBIAN").mkdir(parents=True)
-    (pkg / "DEBIAN" / "control").write_text(
-        "Package: chjoin-seccomp-test\nVersion: 1.0\nArchitecture: all\n"
-        "Maintainer: chjoin tests <root@localhost>\nDescription: files of two owners\n")
-    (pkg / "srv" / "chjoin-test").mkdir(parents=True)
-    (pkg / "srv" / "chjoin-test" / "hello").write_text("hello\n")
-    (pkg / "srv" / "chjoin-test" / "games").write_text("games\n")
-    os.chown(pkg / "srv" / "chjoin-test" / "games", 5, 60)
-    debs = base / "debs"
-    debs.mkdir()
-    subprocess.run(["dpkg-deb", "-b", str(pkg), str(debs / "test.deb")], check=True,
-                   capture_output=True)
-    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
-    as_user.own(root)
-    yield root, debs
-    shutil.rmtree(base, ignore_errors=True)
-
+# apt-get in a -W container of a Debian image of this host (tests/conftest.py's debian_image):
+# dpkg sets each file's owner from the package, and an owner the container can't map (uid 5)
+# fails without --seccomp.
 
 APT = "apt-get install -y /mnt/test.deb && dpkg -s chjoin-seccomp-test | grep '^Status'"
 
