@@ -45,7 +45,7 @@ def parse_tag(tag):
     """(job or None, name) of a named container's tag; None for any other tag."""
     kind, _, rest = tag.partition(".")
     job, dot, name = rest.partition(".")
-    if kind != "name" or not dot or not name or not (job.isdigit() or not job):
+    if kind != "name" or not dot or not name or not (job.isascii() and job.isdigit() or not job):
         return None
     return job or None, name
 

@@ -85,7 +85,7 @@ class Group:
     def failure(self):
         """(exit code, message) of a FAILED group."""
         code, _, message = self.error.partition("\0")
-        if code.isdigit() and len(code) <= 3 and int(code) < 256 and message:
+        if code.isascii() and code.isdigit() and len(code) <= 3 and int(code) < 256 and message:
             return int(code), message
         return EXIT_ERROR, self.error
 

@@ -4,7 +4,7 @@ holders in a child that has dropped to the owner's ids, so that the kernel's own
 checks decide what may be read, signalled or removed.
 
 `run_as` forks that child, which drops its supplementary groups, gid and uid (all three of
-each), closes every descriptor it was not asked to keep, does the work and sends back a small
+each), closes every descriptor it was not asked to keep (its stdio is /dev/null, in a session of its own), does the work and sends back a small
 result through a pipe; the parent waits for it with a deadline and kills it past that. The
 child is not dumpable once its ids changed (the kernel's rule), so the owner can't ptrace it.
 
@@ -78,6 +78,15 @@ def run_as(uid, gid, fn, *args, deadline, groups=(), keep_fds=()):
                     os.closerange(low, fd)
                 low = fd + 1
             os.closerange(low, max(1 << 16, os.sysconf("SC_OPEN_MAX")))
+            # nothing of root's terminal: the owner could read it, or TIOCSTI into it, through
+            # a program the child execs as them (dumpable again after exec: mksquashfs)
+            os.setsid()
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                if fd not in keep_fds:
+                    os.dup2(null, fd)
+            if null > 2:
+                os.close(null)
             for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
                 signal.signal(s, signal.SIG_DFL)
             drop(uid, gid, groups)
@@ -135,6 +144,16 @@ def _reap(pid, deadline):
         delay = min(delay * 2, 0.02)
 
 
+def _kill(pid):
+    """SIGKILL child `pid` and its process group (it leads one once it ran setsid): what it ran
+    as the owner goes with it."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def _write_all(fd, data):
     while data:
         data = data[os.write(fd, data):]
@@ -148,7 +167,7 @@ def _read_until(fd, pid, deadline):
         left = deadline - time.monotonic()
         ready = select.select([fd], [], [], max(0.0, left))[0] if left > 0 else []
         if not ready:
-            os.kill(pid, signal.SIGKILL)
+            _kill(pid)
             _reap(pid, time.monotonic() + 5)
             raise Timeout("still running after its deadline: killed")
         chunk = os.read(fd, 65536)
@@ -157,7 +176,7 @@ def _read_until(fd, pid, deadline):
         chunks.append(chunk)
         size += len(chunk)
         if size > RESULT_MAX:
-            os.kill(pid, signal.SIGKILL)
+            _kill(pid)
             _reap(pid, time.monotonic() + 5)
             raise ChildFailed("the child sent back too much")
 

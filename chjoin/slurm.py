@@ -153,7 +153,7 @@ class Job:
 
     def __init__(self, environ, settings=None):
         self.id = environ["SLURM_JOB_ID"]
-        if not self.id.isdigit() or len(self.id) > 20:
+        if not (self.id.isascii() and self.id.isdigit()) or len(self.id) > 20:
             raise ValueError(f"SLURM_JOB_ID={self.id!r}")
         self.uid = int(environ["SLURM_JOB_UID"])
         self.gid = int(environ.get("SLURM_JOB_GID", self.uid))
@@ -171,6 +171,8 @@ class Job:
 
     def say(self, role, message):
         line = f"chjoin {role}: job {self.id} on {self.node}: {message}"
+        # names come from users (/dev/shm, paths): one line each, ASCII, whatever bytes they hold
+        line = line.encode("unicode_escape").decode("ascii")
         print(line, flush=True)
         if self.log_fd is not None:
             try:
@@ -203,20 +205,25 @@ def prolog(job, run=None, comment=None):
     code for slurmd: a node fault drains the node, a job's problem cancels only the job."""
     import subprocess
     run = run or subprocess.run
-    problem = as_user(job, job.check_timeout, _try_user_namespace)
-    if problem:
+    problem, node_fault = _probe_user_namespace(job)
+    if problem and node_fault:
         reason = f"can't run containers: unprivileged user namespaces fail for {job.user}: " \
                  f"{problem}{_userns_hint()}"
         job.say("prolog", reason)
-        run(["scontrol", "update", f"NodeName={job.node}", "State=DRAIN",
-             f"Reason=chjoin: {reason}"[:250]], capture_output=True)
+        slurm_command(job, run, ["scontrol", "update", f"NodeName={job.node}", "State=DRAIN",
+                                 f"Reason=chjoin: {reason}"[:250]])
         return EXIT_NODE_FAULT
-    wanted = requests(comment_of(job, run) if comment is None else comment)
+    if problem:
+        wanted = [("job", f"unprivileged user namespaces fail for {job.user}: {problem}")]
+    else:
+        done = None if comment is not None else slurm_command(
+            job, run, ["squeue", "-h", "-j", job.id, "-o", "%k"])
+        wanted = requests(comment if comment is not None else _comment(done))
     if len(wanted) > MAX_REQUESTS:
-        wanted = [("too many", f"{len(wanted)} chjoin-image=/chjoin-stage= requests in the "
-                               f"job's comment; at most {MAX_REQUESTS}")]
+        wanted = [("job", f"{len(wanted)} chjoin-image=/chjoin-stage= requests in the "
+                          f"job's comment; at most {MAX_REQUESTS}")]
     for key, path in wanted:
-        if key == "too many":
+        if key == "job":
             problem = path
         elif key == "chjoin-image":
             problem = as_user(job, job.check_timeout, _check_readable, path,
@@ -225,18 +232,57 @@ def prolog(job, run=None, comment=None):
             problem = stage(job, path)
         if problem:
             job.say("prolog", f"cancelling the job: {problem}")
-            run(["scontrol", "update", f"JobId={job.id}", f"AdminComment=chjoin: {problem}"],
-                capture_output=True)
-            run(["scancel", job.id], capture_output=True)
+            slurm_command(job, run, ["scontrol", "update", f"JobId={job.id}",
+                                     f"AdminComment=chjoin: {problem}"[:1000]])
+            slurm_command(job, run, ["scancel", job.id])
             return 0
     job.say("prolog", "node ready for containers")
     return 0
 
 
-def comment_of(job, run):
-    done = run(["squeue", "-h", "-j", job.id, "-o", "%k"], capture_output=True, text=True)
-    comment = done.stdout.strip() if done.returncode == 0 else ""
+SLURM_COMMAND_TIMEOUT = 30      # seconds for one scontrol, squeue or scancel
+
+
+def slurm_command(job, run, argv):
+    """Run a Slurm client command with a deadline; its CompletedProcess, or None (one line)
+    when it can't be run or doesn't answer in time (the hook goes on: it never hangs on
+    slurmctld, and a missing command is not a node fault)."""
+    import subprocess
+    try:
+        return run(argv, capture_output=True, text=True, timeout=SLURM_COMMAND_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        job.say("prolog", f"problem: {argv[0]} did not answer in {SLURM_COMMAND_TIMEOUT} s")
+    except OSError as e:
+        job.say("prolog", f"problem: can't run {argv[0]}: {e.strerror}")
+    return None
+
+
+def _comment(done):
+    comment = done.stdout.strip() if done is not None and done.returncode == 0 else ""
     return "" if comment == "(null)" else comment
+
+
+def _probe_user_namespace(job):
+    """(problem, node_fault) of an unprivileged user namespace made as the job's user. Only the
+    kernel refusing (EPERM, EACCES, ENOSYS, EINVAL, or a limit of 0) is the node's fault; the
+    user can kill or stop the probe, or use up their own namespace count, from another job of
+    theirs: that fails this job, never the node."""
+    import errno
+    _, groups = runas.ids_of(job.uid)
+    try:
+        found = runas.run_as(job.uid, job.gid, _try_user_namespace, groups=groups,
+                             deadline=time.monotonic() + job.check_timeout)
+    except runas.Timeout:
+        return (f"the check as {job.user} was still running after {job.check_timeout:g} s: "
+                "killed"), False
+    except runas.ChildFailed as e:
+        return f"the check as {job.user} failed: {e}", False
+    if not found:
+        return "", False
+    number, text = found
+    fault = number in (errno.EPERM, errno.EACCES, errno.ENOSYS, errno.EINVAL) or \
+        bool(_userns_hint())
+    return text, fault
 
 
 def requests(comment):
@@ -269,7 +315,7 @@ def _try_user_namespace():
     try:
         libc.unshare(libc.CLONE_NEWUSER | libc.CLONE_NEWNS)
     except OSError as e:
-        return e.strerror
+        return [e.errno, e.strerror]
     return ""
 
 
@@ -560,9 +606,14 @@ def main(argv=None):
         return epilog(job)
     except Exception as e:       # a bug: the epilog still exits 0, the prolog fails the job
         print(f"chjoin {role}: problem: {type(e).__name__}: {_reason(e)}", flush=True)
-        if role == "prolog" and os.environ.get("SLURM_JOB_ID", "").isdigit():
+        job_id = os.environ.get("SLURM_JOB_ID", "")
+        if role == "prolog" and job_id.isascii() and job_id.isdigit():
             import subprocess
-            subprocess.run(["scancel", os.environ["SLURM_JOB_ID"]], capture_output=True)
+            try:
+                subprocess.run(["scancel", job_id], capture_output=True,
+                               timeout=SLURM_COMMAND_TIMEOUT)
+            except (OSError, subprocess.SubprocessError):
+                pass
         return 0
 
 

@@ -29,13 +29,19 @@ SHM = "/dev/shm"
 TIMEOUT = 30.0          # seconds one owner's sweep may take before its child is killed
 
 
+def is_uid(text):
+    """Whether `text` is a uid as chjoin writes it: 1 to 10 ASCII digits (str.isdigit also takes
+    `²` and other digits int() refuses: a name anybody can make in /dev/shm)."""
+    return 0 < len(text) <= 10 and text.isascii() and text.isdigit()
+
+
 def split_name(name):
     """(uid, is_semaphore) of a chjoin object's name in /dev/shm, or None for anything else."""
     semaphore = name.startswith("sem.")
     parts = name[4 if semaphore else 0:].split("-", 2)
-    if len(parts) != 3 or parts[0] != "chjoin" or not parts[1].isdigit() or not parts[2]:
+    if len(parts) != 3 or parts[0] != "chjoin" or not is_uid(parts[1]) or not parts[2]:
         return None
-    if len(parts[1]) > 10 or int(parts[1]) >= 1 << 32:
+    if int(parts[1]) >= 1 << 32:
         return None
     return int(parts[1]), semaphore
 

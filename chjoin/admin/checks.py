@@ -66,6 +66,8 @@ def user_namespace_sysctls():
 
 def user_namespace():
     problem = in_child(slurm._try_user_namespace)
+    if isinstance(problem, list):           # [errno, strerror]
+        problem = problem[1]
     tried = "unshare(CLONE_NEWUSER|CLONE_NEWNS) in a child"
     if problem:
         return Result("user namespace", FAIL, f"{tried}: {problem}{slurm._userns_hint()}",

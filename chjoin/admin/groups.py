@@ -15,12 +15,14 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def record_names(uid=None):
     """Names in /dev/shm of chjoin records: of `uid` (None: every user's)."""
+    from chjoin import sweep
+
     names = []
     for name in sorted(os.listdir("/dev/shm")):
-        parts = name.split("-", 2)
-        if len(parts) != 3 or parts[0] != "chjoin" or not parts[1].isdigit():
+        found = sweep.split_name(name)
+        if found is None or found[1]:
             continue
-        if uid is not None and int(parts[1]) != uid:
+        if uid is not None and found[0] != uid:
             continue
         names.append(name)
     return names

@@ -255,7 +255,7 @@ def save(entry, dest, force):
     if excludes:
         command += ["-e", *excludes]
     try:
-        done = subprocess.run(command, capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     except OSError as e:
         raise Problem(f"can't run mksquashfs: {e.strerror} (install squashfs-tools)") from None
     try:

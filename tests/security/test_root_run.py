@@ -521,3 +521,34 @@ def test_an_as_user_child_past_its_deadline_is_killed_even_if_its_pipe_stays_ope
     with pytest.raises(runas.Timeout):
         runas.run_as(*attack.ids("victim"), hold_pipe, deadline=clock.monotonic() + 1)
     assert clock.monotonic() - started < 2
+
+
+def test_slurm_commands_the_prolog_cannot_run_fail_nothing(scratch, slurm_config):
+    """Slurm's commands elsewhere than slurmd's PATH (or a slurmctld that does not answer): the
+    prolog says so in one line and goes on, never a traceback, never a failing prolog (slurmd
+    would drain the node)."""
+    job = next(JOBS)
+    done = attack.hook("prolog", job, "victim", "--config",
+                       slurm_config(CHJOIN_STAGE_DIR=scratch / "stage"),
+                       env={"PATH": "/nonexistent"})
+    assert (done.returncode, lines(done)) == (0, [
+        f"chjoin prolog: job {job} on n1: problem: can't run squeue: No such file or directory",
+        f"chjoin prolog: job {job} on n1: node ready for containers"]), done.stderr
+
+
+def test_a_name_with_a_newline_is_one_line_in_the_epilogs_log(scratch, slurm_config):
+    """Names in /dev/shm are the users': one the epilog reports stays one ASCII line (no forged
+    log lines, no encoding error)."""
+    job = next(JOBS)
+    uid = attack.ids("victim")[0]
+    path = f"/dev/shm/chjoin-{uid}-x\nchjoin epilog: forged\udcff"
+    attack.plant(path, b"", "attacker")
+    try:
+        done = attack.hook("epilog", job, "victim", "--config",
+                           slurm_config(CHJOIN_STAGE_DIR=scratch / "stage"))
+    finally:
+        os.unlink(path)
+    assert done.returncode == 0
+    assert all(line.startswith(f"chjoin epilog: job {job} on n1: ") for line in lines(done)), \
+        done.stdout
+    assert any("left" in line and "\\n" in line for line in lines(done)), done.stdout
