@@ -35,6 +35,18 @@ def world_readable_dir(prefix):
     return Path(path)
 
 
+def build_fake_library(base):
+    """libfake.so.1 (soname libfake.so.1) and fakeprog, linked against it with no rpath, built
+    in `base`: a library a CDI spec mounts and the image's ldconfig must find."""
+    (base / "fake.c").write_text('const char *fake_hello(void) { return "hello from libfake"; }\n')
+    (base / "prog.c").write_text('#include <stdio.h>\nconst char *fake_hello(void);\n'
+                                 'int main(void) { puts(fake_hello()); return 0; }\n')
+    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libfake.so.1", "-o",
+                    base / "libfake.so.1", base / "fake.c"], check=True)
+    subprocess.run(["gcc", "-o", base / "fakeprog", base / "prog.c", f"-L{base}",
+                    "-l:libfake.so.1"], check=True)
+
+
 def build_busybox_image(root):
     """A minimal image: busybox and its applet links, the usual top-level directories."""
     for d in ("bin", "dev", "proc", "sys", "tmp", "etc", "home", "root", "mnt", "opt", "ch"):
@@ -223,6 +235,18 @@ class Runner:
     def own(self, path):
         """Give `path` (recursively) to this identity."""
         subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", str(path)], check=True)
+
+
+@pytest.fixture
+def victim(chjoin):
+    """tests/security: the unprivileged test user, whom the attacker goes after."""
+    return Runner(chjoin, "user")
+
+
+@pytest.fixture
+def attacker(chjoin):
+    """tests/security: a second unprivileged user, the hostile neighbour."""
+    return Runner(chjoin, "attacker")
 
 
 @pytest.fixture(params=["root", "user"])

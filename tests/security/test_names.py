@@ -16,21 +16,10 @@ import textwrap
 
 import pytest
 
-from conftest import Runner
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: two users")
 
 WHICH = ["--", "sh", "-c", "echo $(readlink /proc/self/ns/mnt)"]
-
-
-@pytest.fixture
-def victim(chjoin):
-    return Runner(chjoin, "user")
-
-
-@pytest.fixture
-def attacker(chjoin):
-    return Runner(chjoin, "attacker")
 
 
 def as_attacker(attacker, code, *args):

@@ -14,22 +14,12 @@ import subprocess
 
 import pytest
 
-from conftest import Runner, build_busybox_image, mksquashfs, world_readable_dir
+from conftest import build_busybox_image, mksquashfs, world_readable_dir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: two users")
 
 ERROR = re.compile(r"chjoin\[\d+\]: error: (.*)")
 WARNING = re.compile(r"chjoin\[\d+\]: warning: (.*)")
-
-
-@pytest.fixture
-def victim(chjoin):
-    return Runner(chjoin, "user")
-
-
-@pytest.fixture
-def attacker(chjoin):
-    return Runner(chjoin, "attacker")
 
 
 @pytest.fixture

@@ -15,18 +15,13 @@ import pytest
 
 import attack
 from attack import squashfs_file, stuck_path  # noqa: F401 (fixtures)
-from conftest import Runner, world_readable_dir
+from conftest import world_readable_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slurm"))
 from cluster import cluster, job_field, log_lines, sbatch, wait_job  # noqa: E402,F401
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="plays root and two users: run as root")
 CONFIG = Path("/etc/chjoin/slurm.conf")
-
-
-@pytest.fixture
-def victim(chjoin):
-    return Runner(chjoin, "user")
 
 
 def held(victim, script, *args):

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from cluster import cluster, needs_nodes, submit  # noqa: F401
-from conftest import world_readable_dir
+from conftest import build_fake_library, world_readable_dir
 from test_spank import HOST_USER_NS, assert_nothing_left, errors, spank  # noqa: F401
 
 SHOW = ["sh", "-c", 'echo "$(hostname) $(readlink /proc/self/ns/user) $(readlink /proc/self/ns/mnt)'
@@ -24,13 +24,7 @@ def specs():
     """A CDI directory with a device spec on host nodes and a library spec (a library and a
     program built here), for $CH_RUN_CDI_DIRS."""
     base = world_readable_dir("chjoin-spank-cdi-")
-    (base / "fake.c").write_text('const char *fake_hello(void) { return "hello from libfake"; }\n')
-    (base / "prog.c").write_text('#include <stdio.h>\nconst char *fake_hello(void);\n'
-                                 'int main(void) { puts(fake_hello()); return 0; }\n')
-    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libfake.so.1", "-o",
-                    base / "libfake.so.1", base / "fake.c"], check=True)
-    subprocess.run(["gcc", "-o", base / "fakeprog", base / "prog.c", f"-L{base}",
-                    "-l:libfake.so.1"], check=True)
+    build_fake_library(base)
     (base / "cdi").mkdir()
     (base / "cdi" / "dev.json").write_text(json.dumps({
         "cdiVersion": "0.5.0", "kind": "vendor.com/dev",

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import world_readable_dir
+from conftest import build_fake_library, world_readable_dir
 
 SPECS = ("/usr/share/gocode/src/github.com/container-orchestrated-devices/"
          "container-device-interface/schema")
@@ -69,13 +69,7 @@ def cdi(as_user):
 def fake_library():
     """libfake.so.1 (soname libfake.so.1) and fakeprog, linked against it with no rpath."""
     base = world_readable_dir("chjoin-cdi-lib-")
-    (base / "fake.c").write_text('const char *fake_hello(void) { return "hello from libfake"; }\n')
-    (base / "prog.c").write_text('#include <stdio.h>\nconst char *fake_hello(void);\n'
-                                 'int main(void) { puts(fake_hello()); return 0; }\n')
-    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libfake.so.1", "-o",
-                    base / "libfake.so.1", base / "fake.c"], check=True)
-    subprocess.run(["gcc", "-o", base / "fakeprog", base / "prog.c", f"-L{base}",
-                    "-l:libfake.so.1"], check=True)
+    build_fake_library(base)
     subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
     yield base
     shutil.rmtree(base, ignore_errors=True)
