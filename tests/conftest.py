@@ -29,6 +29,18 @@ def chjoin_path():
     return os.environ.get("CHJOIN") or str(Path(sys.executable).parent / "chjoin")
 
 
+def wait_for(predicate, timeout=20, what="condition"):
+    """`predicate()`'s first true value, polled every 0.1 s; the test fails past `timeout`."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
 def world_readable_dir(prefix):
     path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     os.chmod(path, 0o755)

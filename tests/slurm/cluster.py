@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for  # noqa: F401  (the Slurm tests take it from here too)
+
 STATE = Path("/run/chjoin-slurm")
 SPOOL_CWD = "/tmp"          # every identity can enter it, on every node
 CHJOIN_LOG = "/var/log/slurm/chjoin.log"
@@ -96,16 +98,6 @@ def log_lines(job_id):
     except FileNotFoundError:
         return []
     return [line for line in text.splitlines() if f": job {job_id} on " in line]
-
-
-def wait_for(predicate, timeout=20, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def sbatch(as_user, script, args=(), env=None):

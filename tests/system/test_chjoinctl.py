@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import world_readable_dir
+from conftest import wait_for, world_readable_dir
 
 
 def chjoinctl_path(runner):
@@ -34,16 +34,6 @@ def ps(runner, *args):
 
 def own_tag(runner, what):
     return f"ctl-{what}-{runner.who}-{os.getpid()}"
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def stale_group(runner, image, tag):

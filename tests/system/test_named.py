@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_busybox_image, world_readable_dir
+from conftest import build_busybox_image, wait_for, world_readable_dir
 
 NS = 'echo "$(readlink /proc/self/ns/user) $(readlink /proc/self/ns/mnt)"'
 
@@ -68,16 +68,6 @@ def shm_of(name, job=""):
         if stored == tag:
             found += [entry] + [f"sem.{entry}"] * os.path.lexists(f"/dev/shm/sem.{entry}")
     return found
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 @pytest.fixture
