@@ -63,21 +63,19 @@ def storage_name(ref):
 def storage_problem(storage, name, uid):
     """(path, problem): the directory of image `name` in `storage`, and why another user than
     `uid` (or root) could have made or changed it ("" if nobody could): the storage directory,
-    its `img/` and the entry must be theirs, not writable by others, and the directories above
-    the storage directory too (`owned`); `img/` is no symlink; an entry that is one (made by
-    the owner of `img/`, who alone can) leads to a directory checked the same way."""
+    its `img/` and the entry must be theirs, not writable by others, and so must the directories
+    above them and any symlink on the way (`owned`); `img/` is no symlink."""
     from chjoin import owned
 
-    real = os.path.realpath(storage)
+    real, problem = owned.resolve(storage, uid)
     img = f"{real}/img"
     entry = f"{img}/{name}"
-    problem = (owned.dir_problem(real, uid) or owned.entry_problem(img, uid, sticky_ok=False))
+    problem = (problem or owned.dir_problem(real, uid)
+               or owned.entry_problem(img, uid, sticky_ok=False))
     if problem:
         return entry, problem
-    if os.path.islink(entry):
-        entry = os.path.realpath(entry)
-        return entry, owned.dir_problem(entry, uid)
-    return entry, owned.entry_problem(entry, uid, sticky_ok=False)
+    real_entry, problem = owned.resolve(entry, uid)
+    return real_entry, problem or owned.entry_problem(real_entry, uid, sticky_ok=False)
 
 
 def find(ref, storage, unsafe=False, warn=None, distrust=None):
@@ -177,7 +175,7 @@ class SquashDaemon:
         real path of the SquashFS file, `mount_dir` the -m directory (created if missing)."""
         import _socket
 
-        self.image, self.mount_dir = image, mount_dir
+        self.image, self.mount_dir, self.real_mount = image, mount_dir, mount_dir
         program = find_squashfuse(environ)
         if program is None:
             raise _squash_error(f"can't mount SquashFS image {image}: {SQUASHFUSE} not found "
@@ -185,7 +183,7 @@ class SquashDaemon:
         problem = fuse_problem()
         if problem:
             raise _squash_error(f"can't mount SquashFS image {image}: {problem}")
-        make_mount_point(mount_dir, os.geteuid())
+        self.real_mount = make_mount_point(mount_dir, os.geteuid())
         image_fd = self._open_image()
         try:
             self.socket, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
@@ -225,7 +223,7 @@ class SquashDaemon:
             except OSError as e:
                 raise _squash_error(f"{what}: {FUSE_DEVICE}: {e.strerror}") from None
             try:
-                libc.mount(SQUASHFUSE, self.mount_dir, f"fuse.{SQUASHFUSE}",
+                libc.mount(SQUASHFUSE, self.real_mount, f"fuse.{SQUASHFUSE}",
                            libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV,
                            f"fd={fuse},rootmode=40000,user_id=0,group_id=0")
                 self.socket.sendmsg([b"F"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
@@ -237,7 +235,7 @@ class SquashDaemon:
         finally:
             self.socket.close()
         try:
-            root = os.stat(self.mount_dir)      # returns once the daemon has answered INIT
+            root = os.stat(self.real_mount)     # returns once the daemon has answered INIT
         except OSError as e:
             if e.errno == 107:                  # ENOTCONN: the daemon exited; it said why
                 said = self._daemon_said()
@@ -249,7 +247,7 @@ class SquashDaemon:
             os.close(self.stderr)
         if not stat.S_ISDIR(root.st_mode):
             raise _squash_error(f"{what}: its root is not a directory (a corrupt image?)")
-        return self.mount_dir
+        return self.real_mount
 
     def _daemon_said(self):
         """The first line the daemon wrote on its stderr before it exited (1 s at most)."""
@@ -273,40 +271,41 @@ class SquashDaemon:
 
 def make_mount_point(mount_dir, uid):
     """Make the SquashFS mount point `mount_dir` where missing (0755, each directory), once the
-    directories above it are known to be `uid`'s or root's and writable by nobody else; then
-    check it too. A `Fatal` (exit 84) names a directory another user controls, and its owner:
-    they could make the container's root their own tree."""
+    directories above it and the symlinks on the way are known to be `uid`'s or root's (and the
+    directories writable by nobody else); then check it too, and return its real path. A
+    `Fatal` (exit 84) names a directory or symlink another user controls, and its owner: they
+    could make the container's root their own tree."""
     from chjoin import owned
 
-    missing, existing = [], mount_dir
+    real, problem = owned.resolve(mount_dir, uid, missing_ok=True)
+    if problem:
+        raise _squash_error(f"can't make SquashFS mount point {mount_dir}: {problem}")
+    missing, existing = [], real
     while not os.path.lexists(existing):
         missing.append(existing)
         existing = os.path.dirname(existing)
-    problem = owned.parents_problem(f"{existing}/-", uid) if missing else ""
-    if problem:
-        raise _squash_error(f"can't make SquashFS mount point {mount_dir}: {problem}")
     for path in reversed(missing):
         try:
             os.mkdir(path, 0o755)
         except FileExistsError:
-            pass
+            pass          # made meanwhile: by whom, the checks below say
         except OSError as e:
             reason = "Not a directory" if e.errno == 20 else e.strerror
             raise _squash_error(f"can't make SquashFS mount point {mount_dir}: "
                                 f"{reason}") from None
-    problem = owned.parents_problem(mount_dir, uid)
+    real, problem = owned.resolve(mount_dir, uid)
     if not problem:
         try:
-            st = os.stat(mount_dir)
+            st = os.lstat(real)
         except OSError as e:
             raise _squash_error(f"can't make SquashFS mount point {mount_dir}: "
                                 f"{e.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise _squash_error(f"can't make SquashFS mount point {mount_dir}: Not a directory")
-        real = os.path.realpath(mount_dir)      # a symlink: what it leads to, checked alike
-        problem = owned.parents_problem(real, uid) or owned.entry_problem(real, uid)
+        problem = owned.entry_problem(real, uid, st)
     if problem:
         raise _squash_error(f"can't use SquashFS mount point {mount_dir}: {problem}")
+    return real
 
 
 def _spawn_helper(program, image_fd, socket_fd, stderr_fd, single_threaded=False):

@@ -3,11 +3,13 @@ first and deny a join.
 
 `/chjoin-<uid>-<hex>`, where hex is a keyed BLAKE2b digest of the tag with a key of 32 random
 bytes that only the user can read: the file `key` (0600) in `$XDG_RUNTIME_DIR/chjoin` when
-$XDG_RUNTIME_DIR is a directory of the user's own and private (0700), as logind makes it, else
-in `$HOME/.local/state/chjoin`. Each directory is checked before the key is trusted (`owned`: the
-user's or root's all the way down, not writable by others, no symlinks) and made 0700 where
-missing. The first rank to need the key writes it to a temporary file and `link(2)`s that into
-place, so ranks that start at once agree on one key; every rank then reads the key that is there.
+$XDG_RUNTIME_DIR is a directory of the user's own and private (0700), as logind makes it (local,
+in memory: what ranks read), and in `$HOME/.local/state/chjoin` (the place every step sees: the
+first copy, made there, is copied into $XDG_RUNTIME_DIR, so the two hold one key and steps agree
+whether they see $XDG_RUNTIME_DIR or not). Each directory is checked before the key is trusted
+(`owned`: the user's or root's all the way down, not writable by others, symlinks only of theirs)
+and made 0700 where missing. A key is written to a temporary file and `link(2)`ed into place, so
+ranks that start at once agree on one key; every rank then reads the key that is there.
 Where no such place exists (no $HOME of the user's own, a read-only one), the names are today's
 plain ones, `/chjoin-<uid>-<tag>`, which anybody can compute: -v says so.
 
@@ -143,8 +145,9 @@ def _read_key(path, uid):
     return key
 
 
-def _make_key(path):
-    """Write a new key to `path` unless one is there already (whoever links first wins)."""
+def _make_key(path, key=None):
+    """Write `key` (a new random one if None) to `path` unless a key is there already (whoever
+    links first wins)."""
     temporary = f"{path}.{os.getpid()}.{os.urandom(4).hex()}"
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -153,7 +156,7 @@ def _make_key(path):
         raise NoKey(f"can't write {temporary}: {e.strerror}") from None
     try:
         try:
-            os.write(fd, os.urandom(KEY_SIZE))
+            os.write(fd, key or os.urandom(KEY_SIZE))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -170,20 +173,35 @@ def _make_key(path):
 
 
 def load_key(environ, uid):
-    """(key, path of its file), or (None, why there is none): the first usable place's key,
-    made there if it has none."""
-    reasons = []
+    """(key, path of its file), or (None, why there is none): the key of the first usable place
+    that has one. A place without one gets a copy of the next place's key; where none has
+    one, it is made in the last usable place ($HOME's: the one every step of a job sees, on
+    every node), then copied. So a step that sees no $XDG_RUNTIME_DIR, or a fresh one after
+    logind removed the old, computes the same names as the steps before it."""
+    reasons, keyless, key, path = [], [], None, None
     for base, parts in places(environ):
         try:
-            directory = _private_dir(base, parts, uid, runtime=parts == ["chjoin"])
-            path = f"{directory}/key"
+            path = f"{_private_dir(base, parts, uid, runtime=parts == ['chjoin'])}/key"
             key = _read_key(path, uid)
-            if key is None:
-                _make_key(path)
-                key = _read_key(path, uid)
-            if key is not None:
-                return key, path
-            reasons.append(f"{path} vanished")
         except NoKey as e:
             reasons.append(str(e))
-    return None, "; ".join(reasons) or "neither $XDG_RUNTIME_DIR nor $HOME is set"
+            continue
+        if key is not None:
+            break
+        keyless.append(path)
+    while key is None and keyless:
+        path = keyless.pop()
+        try:
+            _make_key(path)
+            key = _read_key(path, uid)
+        except NoKey as e:
+            reasons.append(str(e))
+    if key is None:
+        return None, "; ".join(reasons) or "neither $XDG_RUNTIME_DIR nor $HOME is set"
+    for earlier in reversed(keyless):
+        try:
+            _make_key(earlier, key)
+            key, path = _read_key(earlier, uid) or key, earlier
+        except NoKey:
+            pass              # this place stays keyless: the later one's key is used
+    return key, path

@@ -4,9 +4,11 @@ storage directory and its entries, the SquashFS mount point, the directory of th
 
 A directory is trusted for `uid` when it and every directory above it is owned by `uid` or root
 and is not writable by group or others, except a sticky one (`/tmp`, `/var/tmp`: others can make
-entries there, but not rename or remove ours). Its own checks are on `lstat`, so a symlink where a
-directory should be is refused; the path above it is taken as the kernel resolves it now, and
-since every directory on it is ours or root's, nobody else can make it resolve otherwise later.
+entries there, but not rename or remove ours). A path is resolved here, one component at a time
+(`resolve`), not by the kernel: every directory on the way is checked, and a symlink is followed
+only if `uid` or root made it. Once a path passes, nobody else can make it resolve otherwise
+later, so the path itself can be used afterwards; a symlink another user planted (in `/var/tmp`,
+say, leading into a directory of yours) is refused with its owner's name, never followed.
 This module runs on the rank path: it imports nothing but `os` and `stat`.
 """
 
@@ -44,20 +46,60 @@ def entry_problem(path, uid, st=None, root_ok=True, sticky_ok=True):
     return ""
 
 
+def resolve(path, uid, missing_ok=False):
+    """(real, problem): `path` resolved component by component, checking each directory met on
+    the way (`entry_problem`, sticky allowed) and following a symlink only if it is owned by
+    `uid` or root; `problem` is why the resolution is not one only they decide ("" if it is).
+    With `missing_ok`, the components from the first missing one on are appended unresolved
+    (they are for the caller to make); else a missing one is a problem."""
+    todo = path if path.startswith("/") else f"{os.getcwd()}/{path}"
+    todo = [part for part in reversed(todo.split("/")) if part not in ("", ".")]
+    done, follows = [], 0
+    problem = entry_problem("/", uid)
+    while todo and not problem:
+        part = todo.pop()
+        if part == "..":
+            done = done[:-1]
+            continue
+        here = "/" + "/".join(done + [part])
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError as e:
+            if missing_ok:
+                for rest in [part] + todo[::-1]:
+                    done = done[:-1] if rest == ".." else done + [rest]
+                break
+            problem = f"{here}: {e.strerror}"
+        except OSError as e:
+            problem = f"{here}: {e.strerror}"
+        else:
+            if stat.S_ISLNK(st.st_mode):
+                follows += 1
+                if st.st_uid not in (uid, 0):
+                    problem = f"{here} is a symlink owned by {owner_name(st.st_uid)}"
+                elif follows > 40:
+                    problem = f"{here}: Too many levels of symbolic links"
+                else:
+                    target = os.readlink(here)
+                    if target.startswith("/"):
+                        done = []
+                    todo += [p for p in reversed(target.split("/")) if p not in ("", ".")]
+            else:
+                done.append(part)
+                if todo:          # a directory to go through; the last component is the caller's
+                    problem = entry_problem(here, uid, st)
+    return "/" + "/".join(done), problem
+
+
 def parents_problem(path, uid):
-    """Why a directory above `path` (absolute) lets someone other than `uid` or root change
-    what `path` resolves to, or ""; the first such directory from `/` down is named."""
-    real = os.path.realpath(os.path.dirname(os.path.abspath(path)))
-    parts = [p for p in real.split("/") if p]
-    for i in range(len(parts) + 1):
-        problem = entry_problem("/" + "/".join(parts[:i]), uid)
-        if problem:
-            return problem
-    return ""
+    """Why a directory above `path` (or a symlink on the way to it) lets someone other than
+    `uid` or root change what `path` resolves to, or ""; the first such one is named."""
+    real, problem = resolve(os.path.dirname(path) or ".", uid)
+    return problem or entry_problem(real, uid)
 
 
-def dir_problem(path, uid, root_ok=True):
-    """Why existing directory `path` and the directories above it are not `uid`'s own (see the
-    module's docstring), or ""."""
-    return (parents_problem(path, uid)
-            or entry_problem(path, uid, root_ok=root_ok, sticky_ok=False))
+def dir_problem(path, uid, root_ok=True, sticky_ok=False):
+    """Why existing directory `path`, the symlinks on the way to it and the directories above it
+    are not `uid`'s own (see the module's docstring), or ""."""
+    real, problem = resolve(path, uid)
+    return problem or entry_problem(real, uid, root_ok=root_ok, sticky_ok=sticky_ok)

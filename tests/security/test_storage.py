@@ -186,3 +186,75 @@ def test_the_default_mount_point_is_made_private_to_you(victim, storage, victims
     for path in (storage, f"{storage}/mnt"):
         st = os.lstat(path)
         assert (st.st_uid, st.st_mode & 0o7777) == (victim.uid, 0o755)
+
+
+@pytest.fixture(params=[0, 1], ids=["protected_symlinks=0", "protected_symlinks=1"])
+def protected_symlinks(request):
+    """Each test of a planted symlink runs with the kernel's fs.protected_symlinks off (as here)
+    and on (Debian's default: the kernel then refuses to follow it, chjoin must say why)."""
+    path = "/proc/sys/fs/protected_symlinks"
+    with open(path) as f:
+        before = f.read().strip()
+    try:
+        with open(path, "w") as f:
+            f.write(str(request.param))
+    except OSError as e:
+        pytest.skip(f"can't set {path}: {e.strerror}")
+    yield request.param
+    with open(path, "w") as f:
+        f.write(before)
+
+
+@pytest.fixture
+def victims_dir(victim):
+    """A directory of the victim's (0755, in /tmp), for the attacker's symlink to lead into."""
+    base = world_readable_dir("chjoin-victim-dir-")
+    victim.own(base)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_symlink_another_user_planted_is_not_the_mount_point_path(
+        victim, attacker, storage, victims_squashfs, victims_dir, protected_symlinks):
+    """The attacker makes /var/tmp/VICTIM.ch a symlink into a directory of the victim's (which
+    passes every check on where it leads: they could swap it for a tree of theirs between the
+    check and the mount). The victim's SquashFS launch fails with one line naming the symlink
+    and its owner, exit 84, mounts nothing and makes nothing where it led."""
+    as_user(attacker, "ln", "-s", victims_dir, storage)
+    done = victim.run(victims_squashfs, "--", "cat", "/etc/image-file")
+    assert done.returncode == 84, (done.stdout, done.stderr)
+    assert [ERROR.fullmatch(line).group(1) for line in done.stderr.splitlines()] == [
+        f"can't make SquashFS mount point {storage}/mnt: {storage} is a symlink owned by "
+        f"{attacker.name} (uid {attacker.uid})"]
+    assert host_fuse_mounts() == []
+    assert os.listdir(victims_dir) == []
+
+
+def test_a_symlink_another_user_planted_is_not_searched_for_names(
+        victim, attacker, storage, victims_image, victims_dir, protected_symlinks):
+    """The attacker's symlink /var/tmp/VICTIM.ch leads to a storage directory of the victim's
+    that holds an entry under the storage name of the victim's image path: the victim's launch
+    by path runs that path, and one warning names the symlink and its owner."""
+    entry = victims_dir / "img" / str(victims_image).replace("/", "%")
+    build_busybox_image(entry)
+    (entry / "etc" / "image-file").write_text("CHOSEN BY THE ATTACKER\n")
+    victim.own(victims_dir)
+    as_user(attacker, "ln", "-s", victims_dir, storage)
+    done = victim.run(victims_image, "--", "cat", "/etc/image-file")
+    assert (done.returncode, done.stdout) == (0, "the victim's own image\n"), done.stderr
+    if protected_symlinks == 0:         # else the kernel hides the entry from the victim
+        warnings = [WARNING.fullmatch(line).group(1) for line in done.stderr.splitlines()]
+        assert warnings == [f"image {victims_image} not run from storage: {storage} is a "
+                            f"symlink owned by {attacker.name} (uid {attacker.uid}); taking "
+                            "it as a path"]
+
+
+def test_your_own_symlinks_are_followed(victim, storage, victims_squashfs, victims_dir):
+    """The victim's own /var/tmp/VICTIM.ch symlink into a directory of theirs, and a mount point
+    reached through a second symlink of theirs: the launch runs, mounted where they lead."""
+    as_user(victim, "ln", "-s", victims_dir, storage)
+    as_user(victim, "mkdir", f"{victims_dir}/real-mnt")
+    as_user(victim, "ln", "-s", "real-mnt", f"{victims_dir}/mnt")
+    done = victim.run("-v", victims_squashfs, "--", "cat", "/etc/image-file")
+    assert (done.returncode, done.stdout) == (0, "the victim's squashfs\n"), done.stderr
+    assert host_fuse_mounts() == []

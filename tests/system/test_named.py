@@ -464,3 +464,25 @@ def test_gc_and_ps_leave_a_running_named_container_alone_and_sweep_a_dead_one(as
     report = json.loads(done.stdout)
     assert f"/dev/shm/{record[0]}" in report["removed"] and report["problems"] == [], report
     assert shm_of(name) == []
+
+
+def test_steps_with_and_without_a_runtime_directory_meet_in_one_named_container(
+        as_user, image, name):
+    """The step that creates the container sees a private $XDG_RUNTIME_DIR (a logind session),
+    a later one sees none, a third a fresh one (logind removed the old at logout): they compute
+    one name, so each attaches to the one container."""
+    runtime = world_readable_dir("chjoin-runtime-")
+    try:
+        os.chmod(runtime, 0o700)
+        as_user.own(runtime)
+        created = as_user.run(f"--name={name}", image, "--", "sh", "-c", NS,
+                              env={"XDG_RUNTIME_DIR": str(runtime)})
+        assert created.returncode == 0, created.stderr
+        without = as_user.run(f"--name={name}:exec", "--", "sh", "-c", NS)
+        assert (without.returncode, without.stdout) == (0, created.stdout), without.stderr
+        subprocess.run(["rm", "-rf", f"{runtime}/chjoin"], check=True)
+        fresh = as_user.run(f"--name={name}:exec", "--", "sh", "-c", NS,
+                            env={"XDG_RUNTIME_DIR": str(runtime)})
+        assert (fresh.returncode, fresh.stdout) == (0, created.stdout), fresh.stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(runtime)], check=True)

@@ -1,6 +1,7 @@
 """The rendezvous names (chjoin.names) and the ownership checks they rest on (chjoin.owned)."""
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -71,6 +72,37 @@ def test_the_runtime_directory_comes_first_when_private(home):
     os.chmod(runtime, 0o755)
     assert names.load_key({"XDG_RUNTIME_DIR": runtime, "HOME": home}, UID)[1] == \
         f"{home}/.local/state/chjoin/key"
+
+
+@pytest.mark.parametrize("first", ["with-runtime", "without-runtime"])
+def test_steps_with_and_without_a_runtime_directory_share_one_key(home, first):
+    """One step sees $XDG_RUNTIME_DIR, another doesn't (no logind session), a third a fresh one
+    (logind removed the old at logout): whichever comes first, all three use one key."""
+    runtime = f"{home}/run"
+    os.mkdir(runtime, 0o700)
+    with_runtime = {"XDG_RUNTIME_DIR": runtime, "HOME": home}
+    order = [with_runtime, {"HOME": home}]
+    keys = [names.load_key(env, UID)[0] for env in (order if first == "with-runtime"
+                                                     else order[::-1])]
+    shutil.rmtree(runtime)
+    os.mkdir(runtime, 0o700)
+    keys.append(names.load_key(with_runtime, UID)[0])
+    assert len(set(keys)) == 1 and len(keys[0]) == names.KEY_SIZE
+    for path in (f"{runtime}/chjoin/key", f"{home}/.local/state/chjoin/key"):
+        with open(path, "rb") as f:
+            assert f.read() == keys[0]
+        assert sorted(os.listdir(os.path.dirname(path))) == ["key"]
+    assert names.load_key(with_runtime, UID) == (keys[0], f"{runtime}/chjoin/key")
+
+
+def test_a_runtime_directory_alone_still_gives_a_key(home):
+    """No usable $HOME (read-only, say): the key is made in $XDG_RUNTIME_DIR alone."""
+    with tempfile.TemporaryDirectory() as runtime:
+        os.chmod(runtime, 0o700)
+        os.chmod(home, 0o777)          # $HOME not trusted
+        key, path = names.load_key({"XDG_RUNTIME_DIR": runtime, "HOME": home}, UID)
+        assert path == f"{runtime}/chjoin/key" and len(key) == names.KEY_SIZE
+        assert not os.path.exists(f"{home}/.local")
 
 
 @pytest.mark.parametrize("spoil", ["symlink", "group-writable", "key-mode", "key-size",
