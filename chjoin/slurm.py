@@ -42,6 +42,7 @@ DEFAULTS = {
     "CHJOIN_SLURM_LOG": "",
     "CHJOIN_CHECK_TIMEOUT": "30",     # seconds for each check run as the job's user
     "CHJOIN_STAGE_TIMEOUT": "600",    # seconds for staging one image as the job's user
+    "CHJOIN_HOOK_TIMEOUT": "900",     # seconds for a whole prolog or epilog (all of the above)
     "CHJOIN_STAGE_MAX_MB": "0",       # the largest image staged (0: any that leaves RESERVE)
 }
 MAX_REQUESTS = 8        # chjoin-image= and chjoin-stage= words in one job's comment
@@ -163,11 +164,27 @@ class Job:
         self.stage_dir = settings["CHJOIN_STAGE_DIR"]
         self.check_timeout = _seconds(settings, "CHJOIN_CHECK_TIMEOUT")
         self.stage_timeout = _seconds(settings, "CHJOIN_STAGE_TIMEOUT")
+        self.hook_timeout = _seconds(settings, "CHJOIN_HOOK_TIMEOUT")
+        self.deadline = time.monotonic() + self.hook_timeout
+        # what runs as the user ends early enough for the prolog to cancel the job in time
+        self.work_deadline = self.deadline - min(2 * SLURM_COMMAND_TIMEOUT,
+                                                 self.hook_timeout / 4)
         try:
             self.stage_max = max(0, int(settings["CHJOIN_STAGE_MAX_MB"])) << 20
         except ValueError:
             self.stage_max = 0
         self.log_fd, self.log_problem = _open_log(settings["CHJOIN_SLURM_LOG"])
+
+    def until(self, seconds):
+        """(deadline, cut) of a step of at most `seconds` starting now: `seconds` from now, or
+        the hook's own deadline for such work if that comes first (then `cut` is true)."""
+        wanted = time.monotonic() + seconds
+        return min(wanted, self.work_deadline), wanted > self.work_deadline
+
+    def out_of_time(self, doing):
+        """The line of a step cut short (or never started) by CHJOIN_HOOK_TIMEOUT."""
+        return (f"{doing} as {self.user} was still running at the hook's deadline "
+                f"(CHJOIN_HOOK_TIMEOUT={self.hook_timeout:g} s): killed")
 
     def say(self, role, message):
         line = f"chjoin {role}: job {self.id} on {self.node}: {message}"
@@ -244,14 +261,16 @@ SLURM_COMMAND_TIMEOUT = 30      # seconds for one scontrol, squeue or scancel
 
 
 def slurm_command(job, run, argv):
-    """Run a Slurm client command with a deadline; its CompletedProcess, or None (one line)
-    when it can't be run or doesn't answer in time (the hook goes on: it never hangs on
-    slurmctld, and a missing command is not a node fault)."""
+    """Run a Slurm client command with a deadline (SLURM_COMMAND_TIMEOUT, or what is left of
+    the hook's); its CompletedProcess, or None (one line) when it can't be run or doesn't
+    answer in time (the hook goes on: it never hangs on slurmctld, and a missing command is
+    not a node fault)."""
     import subprocess
+    timeout = max(1.0, min(SLURM_COMMAND_TIMEOUT, job.deadline - time.monotonic()))
     try:
-        return run(argv, capture_output=True, text=True, timeout=SLURM_COMMAND_TIMEOUT)
+        return run(argv, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        job.say("prolog", f"problem: {argv[0]} did not answer in {SLURM_COMMAND_TIMEOUT} s")
+        job.say("prolog", f"problem: {argv[0]} did not answer in {timeout:g} s")
     except OSError as e:
         job.say("prolog", f"problem: can't run {argv[0]}: {e.strerror}")
     return None
@@ -269,10 +288,13 @@ def _probe_user_namespace(job):
     theirs: that fails this job, never the node."""
     import errno
     _, groups = runas.ids_of(job.uid)
+    deadline, cut = job.until(job.check_timeout)
     try:
         found = runas.run_as(job.uid, job.gid, _try_user_namespace, groups=groups,
-                             deadline=time.monotonic() + job.check_timeout)
+                             deadline=deadline)
     except runas.Timeout:
+        if cut:
+            return job.out_of_time("the user namespace check"), False
         return (f"the check as {job.user} was still running after {job.check_timeout:g} s: "
                 "killed"), False
     except runas.ChildFailed as e:
@@ -300,10 +322,15 @@ def as_user(job, timeout, check, *args, stuck="", keep_fds=()):
     `timeout` seconds; its problem, "" when none. `stuck` names what the child was doing, for
     the line of one that had to be killed."""
     _, groups = runas.ids_of(job.uid)
+    deadline, cut = job.until(timeout)
+    if deadline <= time.monotonic():
+        return job.out_of_time(stuck or "a check")
     try:
         return runas.run_as(job.uid, job.gid, check, *args, groups=groups, keep_fds=keep_fds,
-                            deadline=time.monotonic() + timeout) or ""
+                            deadline=deadline) or ""
     except runas.Timeout:
+        if cut:
+            return job.out_of_time(stuck or "a check")
         return (f"{stuck or 'a check'} as {job.user} was still running after {timeout:g} s "
                 "(a FIFO, or a mount that does not answer?): killed")
     except runas.ChildFailed as e:
@@ -463,7 +490,7 @@ def kill_holders(job):
     _, groups = runas.ids_of(job.uid)
     try:
         found = runas.run_as(job.uid, job.gid, _kill_job_holders, job.id, groups=groups,
-                             deadline=time.monotonic() + 15)
+                             deadline=job.until(15)[0])
     except (runas.Timeout, runas.ChildFailed) as e:
         return [f"problem: killing holders as uid {job.uid}: {e}"]
     return [f"killed holder pid {pid}" if what == "killed" else f"problem: {pid}"
@@ -508,10 +535,12 @@ def remove_ipc(job):
     any of its uid that no live process uses, as `chjoinctl gc` does (chjoin.sweep: as the
     owner, only the owner's objects, holders signalled through a checked pidfd)."""
     from chjoin import sweep
-    done = sweep.sweep_all(job.uid, force_tag=(f"slurm.{job.id}.", f"name.{job.id}."))
+    deadline, _ = job.until(sweep.TIMEOUT)
+    done = sweep.sweep_all(job.uid, force_tag=(f"slurm.{job.id}.", f"name.{job.id}."),
+                           timeout=max(0.1, deadline - time.monotonic()))
     return [f"removed {d}" if what == "removed" else
             f"dismissed holder pid {d}" if what == "holder" else f"problem: {d}"
-            for what, d in done]
+            for what, d in sweep.bounded(done, job.uid)]
 
 
 def remove_stage(job):

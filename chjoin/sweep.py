@@ -27,6 +27,7 @@ from chjoin.ipc import review
 
 SHM = "/dev/shm"
 TIMEOUT = 30.0          # seconds one owner's sweep may take before its child is killed
+LINES = 20              # lines of each kind (removed, problem) the epilog logs; then a count
 
 
 def is_uid(text):
@@ -110,6 +111,23 @@ def sweep_all(uid=None, tag=None, force_tag=None, dry_run=False, timeout=TIMEOUT
         except (runas.Timeout, runas.ChildFailed) as e:
             done.append(("problem", f"sweeping uid {who}'s objects: {e}"))
     return done
+
+
+def bounded(found, who):
+    """`found` (of `sweep_all` for owner `who`) with at most LINES of each kind, then one
+    saying how many more: anybody can make any number of names under any uid's prefix, and
+    each would be a line of the epilog's log."""
+    kept, seen = [], {}
+    for what, detail in found:
+        seen[what] = seen.get(what, 0) + 1
+        if what == "holder" or seen[what] <= LINES:
+            kept.append((what, detail))
+    more = {what: n - LINES for what, n in seen.items() if n > LINES}
+    if more.get("removed"):
+        kept.append(("removed", f"{more['removed']} more of uid {who}'s objects"))
+    if more.get("problem"):
+        kept.append(("problem", f"{more['problem']} more like these with uid {who}'s objects"))
+    return kept
 
 
 def sweep_own(names, tag=None, force_tag=None, dry_run=False):

@@ -4,8 +4,10 @@ job's own user (chjoin-test, the victim elsewhere), run as slurmd would run the 
 SLURM_* variables only), and asserts on what the users see: which process got a signal, which
 file changed owner, what the hook printed, and that it ended, and how."""
 
+import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -17,6 +19,8 @@ import pytest
 
 import attack
 from attack import squashfs_file, stuck_path  # noqa: F401 (fixtures)
+from chjoin import ns
+from chjoin.record import READY, WAITING, Group
 from conftest import world_readable_dir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="plays root and two users: run as root")
@@ -107,6 +111,32 @@ def test_the_epilog_leaves_alone_a_record_another_user_planted_under_the_jobs_na
         assert os.stat(path).st_uid == attack.ids("attacker")[0]
         ps = subprocess.run([chjoinctl, "ps"], capture_output=True, text=True, timeout=30)
         assert any(path in line and "FOREIGN" in line for line in lines(ps)), ps.stdout
+    finally:
+        attack.end(proc)
+        unlink(path)
+
+
+@pytest.mark.parametrize("named", ["root", "victim"])
+def test_ps_as_root_reads_nothing_of_a_process_a_forged_named_record_names(chjoinctl, named):
+    """The attacker plants a named container's record whose holder is a process of root's or
+    the victim's, named chjoin-holder, with its real start time and namespaces: root's `ps`
+    shows the container as gone, and reads neither that process's memory nor its root's file
+    system (it is not the attacker's holder)."""
+    proc = attack.bait(named)
+    name = f"forged{os.getpid()}{named}"
+    path = attack.shm_name("attacker", f"named-{name}")
+    try:
+        group = Group(expected=0, deadline=0.0, slots=[[proc.pid, WAITING, 1]])
+        group.state, group.inodes = READY, attack.inodes_of(proc.pid)
+        group.holder = (proc.pid, ns.start_time(proc.pid))
+        attack.plant(path, attack.record_bytes(f"name..{name}", [group]), "attacker")
+        done = subprocess.run([chjoinctl, "ps", "--json"], capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0, done.stderr
+        found = [n for n in json.loads(done.stdout)["names"] if n["name"] == name]
+        assert [(n["state"], n["holder_alive"], n["holder_kib"], n["tmpfs_kib"], n["inside"])
+                for n in found] == [("gone", False, None, None, 0)]
+        assert attack.untouched(proc)
     finally:
         attack.end(proc)
         unlink(path)
@@ -346,6 +376,76 @@ def test_a_stuck_path_as_image_fails_the_job_within_the_deadline(stuck_path, scr
         f"chjoin prolog: job {job} on n1: cancelling the job: checking image {stuck_path} as "
         f"chjoin-test was still running after 2 s (a FIFO, or a mount that does not answer?): "
         "killed"])
+
+
+def test_the_prolog_as_a_whole_ends_by_its_own_deadline(stuck_path, scratch, slurm_config):
+    """CHJOIN_HOOK_TIMEOUT bounds the whole prolog, whatever each step's own deadline: an image
+    check that would be let run 60 s on a mount that never answers is killed at the hook's
+    deadline, and the job is cancelled with one line saying so."""
+    job = next(JOBS)
+    config = slurm_config(CHJOIN_STAGE_DIR=scratch / "stage", CHJOIN_CHECK_TIMEOUT=60,
+                          CHJOIN_HOOK_TIMEOUT=4)
+    done = attack.hook("prolog", job, "victim", "--config", config, "--comment",
+                       f"chjoin-image={stuck_path} chjoin-stage={stuck_path}", timeout=20)
+    assert (done.returncode, lines(done)) == (0, [
+        f"chjoin prolog: job {job} on n1: cancelling the job: checking image {stuck_path} as "
+        "chjoin-test was still running at the hook's deadline (CHJOIN_HOOK_TIMEOUT=4 s): "
+        "killed"])
+
+
+def test_the_epilog_as_a_whole_ends_by_its_own_deadline(squashfs_file, scratch, slurm_config):
+    """The job's user left a FUSE mount whose daemon is stopped in their stage directory (it is
+    theirs): emptying it as the user hangs; the epilog kills that at CHJOIN_HOOK_TIMEOUT,
+    though CHJOIN_STAGE_TIMEOUT would allow 600 s, says so in one line, and exits 0."""
+    job = next(JOBS)
+    stage = scratch / "stage"
+    stage.mkdir(mode=0o755)
+    mnt = stage / str(job) / "m"
+    mnt.mkdir(parents=True)
+    os.chmod(mnt.parent, 0o700)
+    subprocess.run(["chown", "-R", "{}:{}".format(*attack.ids("victim")), str(mnt.parent)],
+                   check=True)
+    daemon = subprocess.Popen(["squashfuse", "-f", "-o", "allow_other", str(squashfs_file),
+                               str(mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.ismount(mnt):
+            assert time.monotonic() < deadline and daemon.poll() is None, "no mount"
+            time.sleep(0.05)
+        daemon.send_signal(signal.SIGSTOP)
+        config = slurm_config(CHJOIN_STAGE_DIR=stage, CHJOIN_STAGE_TIMEOUT=600,
+                              CHJOIN_HOOK_TIMEOUT=4)
+        done = attack.hook("epilog", job, "victim", "--config", config, timeout=20)
+        assert (done.returncode, lines(done)) == (0, [
+            f"chjoin epilog: job {job} on n1: problem: emptying {stage}/{job} as chjoin-test "
+            "was still running at the hook's deadline (CHJOIN_HOOK_TIMEOUT=4 s): killed"])
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        daemon.terminate()
+        daemon.wait()
+
+
+def test_names_another_user_floods_the_jobs_prefix_with_are_a_bounded_number_of_lines(
+        slurm_config):
+    """The attacker makes 300 files under the victim's prefix (`chjoin-<victim>-…`): the
+    victim's epilog leaves them alone, as before, but its log gets 20 of those lines and one
+    with the count of the rest, not 300."""
+    job = next(JOBS)
+    paths = [attack.plant(attack.shm_name("victim", f"flood-{os.getpid()}-{i:03}"), b"x",
+                          "attacker") for i in range(300)]
+    try:
+        done = attack.hook("epilog", job, "victim", "--config",
+                           slurm_config(CHJOIN_STAGE_DIR="/nonexistent"))
+        assert done.returncode == 0, done.stderr
+        prefix = f"chjoin epilog: job {job} on n1: problem: "
+        assert [line.removeprefix(prefix) for line in lines(done)] == [
+            f"left {path} alone: owned by uid {attack.ids('attacker')[0]}, mode 600, not uid "
+            f"{attack.ids('victim')[0]}'s with mode 600" for path in sorted(paths)[:20]] + [
+            f"280 more like these with uid {attack.ids('victim')[0]}'s objects"]
+        assert all(os.path.exists(path) for path in paths)
+    finally:
+        unlink(*paths)
 
 
 # --- item 8: what the hooks take from their surroundings ------------------------------------
