@@ -5,7 +5,8 @@ Whatever acts on a container (the record, its processes, its files) runs in a ch
 dropped to the container owner's ids, with a deadline (`runas.run_as`), so that the kernel's own
 checks decide; its holder is signalled only through a pidfd checked to be the owner's
 `chjoin-holder` in the container's namespaces (`runas.signal_holder`). Root only reads: records
-by one bounded `pread` each (`groups.read_record`), and only those the uid in their name owns.
+by one bounded `pread` each (`groups.read_record`), and only those the uid in their name owns,
+and the /proc entries of a holder only once `runas.holder_problem` found it the owner's.
 """
 
 import os
@@ -76,7 +77,10 @@ def survey(uid=None):
             if not g.named:
                 continue
             terms = dict(t.partition("\0")[::2] for t in g.terms)
-            holder_alive = bool(g.holder[0]) and ns.alive(*g.holder)
+            # the record is its owner's words: read nothing of a process (memory, root, what
+            # is inside) before it is found to be their holder in the container's namespaces
+            holder_alive = bool(g.holder[0]) and not runas.holder_problem(
+                g.holder[0], g.holder[1], st.st_uid, tuple(g.inodes) if g.inodes[0] else None)
             inside = named.processes_inside(tuple(g.inodes), (g.holder[0],)) \
                 if g.inodes[0] and holder_alive else []
             rss, tmpfs = _holder_memory(g.holder[0]) if holder_alive else (None, None)
@@ -234,8 +238,11 @@ def _glob_escape(path):
 def save(entry, dest, force):
     """As the owner: pack the container's root as its holder sees it (the image with the -W
     layer's changes; mount points kept as empty directories, bound files as they show) into
-    SquashFS `dest`, written to a temporary file beside it and renamed."""
+    SquashFS `dest`, written to a file in a fresh private directory beside it, then linked
+    (renamed, with `force`) into place."""
+    import shutil
     import subprocess
+    import tempfile
 
     holder, inodes = entry["holder"], tuple(entry["inodes"])
     root = f"/proc/{holder}/root/"
@@ -250,15 +257,17 @@ def save(entry, dest, force):
                 excludes += [f"{rel}/*", f"{rel}/.*"]
     except OSError as e:
         raise Problem(f"can't read the container (holder pid {holder}): {e.strerror}") from None
-    tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.tmp")
+    try:        # a directory of our own beside dest: nobody can plant a name mksquashfs writes
+        private = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.",
+                                   dir=os.path.dirname(dest))
+    except OSError as e:
+        raise Problem(f"can't write {dest}: {e.strerror}") from None
+    tmp = f"{private}/image.sqfs"
     command = ["mksquashfs", root, tmp, "-noappend", "-quiet", "-no-progress", "-wildcards"]
     if excludes:
         command += ["-e", *excludes]
     try:
         done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    except OSError as e:
-        raise Problem(f"can't run mksquashfs: {e.strerror} (install squashfs-tools)") from None
-    try:
         if done.returncode:
             output = (done.stderr or done.stdout).strip().splitlines()
             raise Problem(f"mksquashfs failed: {output[-1] if output else done.returncode}")
@@ -270,10 +279,9 @@ def save(entry, dest, force):
     except FileExistsError:
         raise Problem(f"{dest} exists (--force replaces it)") from None
     except OSError as e:
+        if e.filename == "mksquashfs":
+            raise Problem(f"can't run mksquashfs: {e.strerror} (install squashfs-tools)") from None
         raise Problem(f"can't write {dest}: {e.strerror}") from None
     finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        shutil.rmtree(private, ignore_errors=True)
     return ""
