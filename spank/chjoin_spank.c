@@ -120,6 +120,16 @@ static int opt_name(int val, const char *optarg, int remote)
     return set_option(&name, optarg);
 }
 
+/* The seconds of a plugstack argument: 1 to MAX_TIMEOUT_S decimal digits' worth, else 0. */
+#define MAX_TIMEOUT_S 86400
+static int plugstack_seconds(const char *text)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(text, &end, 10);
+    return errno || end == text || *end || n < 1 || n > MAX_TIMEOUT_S ? 0 : (int)n;
+}
+
 /* Register both options in every context (a spank_options[] table would not reach sbatch and
    salloc), and read the plugstack arguments. Never fails: see the errors note above. */
 int slurm_spank_init(spank_t sp, int ac, char **av)
@@ -127,8 +137,11 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
     for (int i = 0; i < ac; i++) {
         if (!strncmp(av[i], "builder=", 8))
             builder = av[i] + 8;
-        else if (!strncmp(av[i], "timeout=", 8) && atoi(av[i] + 8) > 0)
-            timeout_s = atoi(av[i] + 8);
+        else if (!strncmp(av[i], "timeout=", 8) && plugstack_seconds(av[i] + 8) > 0)
+            timeout_s = plugstack_seconds(av[i] + 8);
+        else if (!strncmp(av[i], "timeout=", 8))
+            slurm_error("chjoin: plugstack argument %s: not 1 to %d seconds; timeout=%d",
+                        av[i], MAX_TIMEOUT_S, timeout_s);
         else
             slurm_error("chjoin: unknown plugstack argument: %s", av[i]);
     }
@@ -264,19 +277,26 @@ static void exec_builder(int channel, int out, uid_t uid, gid_t gid, char **argv
     _exit(EXIT_ERROR);
 }
 
-/* Wait for the builder to exit, killing it at `deadline`; returns its wait status. */
+/* Wait for the builder to exit, killing it at `deadline`; returns its wait status, or
+   NOT_REAPED when it is still there REAP_GRACE s after SIGKILL (stuck in the kernel: a request
+   to a file system that never answers). slurmstepd never waits for it without a deadline. */
+#define REAP_GRACE 5.0
+#define NOT_REAPED (-1)
+#define STUCK "; the builder did not end 5 s after SIGKILL (stuck in the kernel on a file " \
+              "system that does not answer?)"
 static int reap(pid_t pid, double deadline)
 {
-    int status;
-    while (waitpid(pid, &status, WNOHANG) == 0) {
-        if (now() > deadline) {
+    int status = NOT_REAPED, killed = 0;
+    pid_t r;
+    while ((r = waitpid(pid, &status, WNOHANG)) == 0) {
+        if (!killed && now() > deadline) {
             kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            return status;
-        }
+            killed = 1, deadline = now() + REAP_GRACE;
+        } else if (killed && now() > deadline)
+            return NOT_REAPED;
         usleep(2000);
     }
-    return status;
+    return r == pid ? status : NOT_REAPED;
 }
 
 /* Read what is ready on `fd` into the output buffer; -1 at end of file. */
@@ -401,7 +421,9 @@ static void build(spank_t sp)
         fail(EXIT_ERROR, pid, "the builder sent a malformed channel: %s", why);
     else if (!ready && channel_open)
         fail(EXIT_ERROR, pid, "building the container took longer than timeout=%d s "
-             "(plugstack.conf)", timeout_s);
+             "(plugstack.conf)%s", timeout_s, status == NOT_REAPED ? STUCK : "");
+    else if (!ready && status == NOT_REAPED)
+        fail(EXIT_ERROR, pid, "%s", STUCK + 2);
     else if (!ready && WIFEXITED(status) && WEXITSTATUS(status)) {
         if (keep_chjoin_lines())
             fail_code = WEXITSTATUS(status);     /* its own error line is in `failure` */

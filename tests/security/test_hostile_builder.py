@@ -21,7 +21,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "slurm"))
 from cluster import cluster, submit  # noqa: E402,F401
 from test_spank import (SHOW, assert_nothing_left, containers, errors,  # noqa: E402,F401
-                        sanitizer_reports, spank)
+                        plugstack_timeout, sanitizer_reports, spank)
+from silent_fuse import silent_mount  # noqa: E402
 
 SLURMD_LOG = Path("/var/log/slurm/slurmd.log")
 HARMED = re.compile(r"corrupted|double free|Segmentation|core dumped|Aborted|SIGSEGV|SIGABRT|"
@@ -109,6 +110,28 @@ def test_a_flood_of_output_is_not_shown_and_the_exit_code_kept(cluster, spank, a
     assert_one_line_and_unharmed(done, "the builder exited with code 31 without an error line",
                                  since)
     assert len(done.stderr) < 4096
+    assert_nothing_left(cluster, as_user)
+
+
+def test_a_builder_stuck_in_the_kernel_holds_slurmstepd_only_until_its_deadline(
+        cluster, spank, as_user, image, shim):
+    """The builder stats a file on a file system that never answers (the user's own FUSE
+    mount, a hung NFS server): SIGKILL at the plugstack's timeout does not end it. slurmstepd
+    waits 5 s more, not forever: every task fails with one line, and the step ends."""
+    from conftest import world_readable_dir
+
+    mnt = world_readable_dir("chjoin-silent-")
+    since = log_size()
+    try:
+        with plugstack_timeout(3), silent_mount(mnt):
+            done = submit(as_user, ["srun", "-N1", "-n3", f"--chjoin-image={image}", *SHOW],
+                          env={"LD_PRELOAD": str(shim), "CHJOIN_HOSTILE": "stuck-in-kernel",
+                               "CHJOIN_HOSTILE_PATH": f"{mnt}/x"}, timeout=60)
+    finally:
+        shutil.rmtree(mnt, ignore_errors=True)
+    assert_one_line_and_unharmed(done, r"building the container took longer than timeout=3 s "
+                                 r"\(plugstack.conf\); the builder did not end 5 s after "
+                                 r"SIGKILL \(stuck in the kernel", since)
     assert_nothing_left(cluster, as_user)
 
 
