@@ -9,7 +9,8 @@ O_NOFOLLOW|O_APPEND, only if it is a root-owned regular file).
 
 Root acts on nothing of the user's as root (chjoin.runas): every check and copy of a user's
 path, every signal to a user's process and every removal of a user's object happens in a child
-that has dropped to the user's ids, with a deadline after which it is killed. The stage
+that has dropped to the user's ids, with a deadline after which it is killed; the hook as a
+whole ends by CHJOIN_HOOK_TIMEOUT, which cuts every step's deadline (`Job.until`). The stage
 directory must be root's, like every directory above it (chjoin never stages into a directory
 a user could have made); each job's directory in it is made fresh and handed over through a
 descriptor. docs/SECURITY.md says what is guarded, how, and which test shows it.
