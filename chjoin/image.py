@@ -288,11 +288,14 @@ def make_mount_point(mount_dir, uid):
         try:
             os.mkdir(path, 0o755)
         except FileExistsError:
-            pass          # made meanwhile: by whom, the checks below say
+            pass          # made meanwhile: by whom, the check below says
         except OSError as e:
             reason = "Not a directory" if e.errno == 20 else e.strerror
             raise _squash_error(f"can't make SquashFS mount point {mount_dir}: "
                                 f"{reason}") from None
+        problem = owned.entry_problem(path, uid)    # before going deeper: no symlink, ours
+        if problem:
+            raise _squash_error(f"can't make SquashFS mount point {mount_dir}: {problem}")
     real, problem = owned.resolve(mount_dir, uid)
     if not problem:
         try:

@@ -2,14 +2,16 @@
 first and deny a join.
 
 `/chjoin-<uid>-<hex>`, where hex is a keyed BLAKE2b digest of the tag with a key of 32 random
-bytes that only the user can read: the file `key` (0600) in `$XDG_RUNTIME_DIR/chjoin` when
-$XDG_RUNTIME_DIR is a directory of the user's own and private (0700), as logind makes it (local,
-in memory: what ranks read), and in `$HOME/.local/state/chjoin` (the place every step sees: the
-first copy, made there, is copied into $XDG_RUNTIME_DIR, so the two hold one key and steps agree
-whether they see $XDG_RUNTIME_DIR or not). Each directory is checked before the key is trusted
-(`owned`: the user's or root's all the way down, not writable by others, symlinks only of theirs)
-and made 0700 where missing. A key is written to a temporary file and `link(2)`ed into place, so
-ranks that start at once agree on one key; every rank then reads the key that is there.
+bytes that only the user can read: the file `key` (0600) in `$HOME/.local/state/chjoin` (the
+place every step of a job sees, on every node), and a copy of it, `home.key`, in
+`$XDG_RUNTIME_DIR/chjoin` when $XDG_RUNTIME_DIR is a directory of the user's own and private
+(0700), as logind makes it: local memory, which ranks read first. Steps agree whether they see
+$XDG_RUNTIME_DIR or not. Without a usable $HOME the key is `key` in $XDG_RUNTIME_DIR alone
+(and seeds $HOME's once $HOME can hold one). Each directory is checked before the key is
+trusted (`owned`: the user's or root's all the way down, not writable by others, symlinks only
+of theirs) and made 0700 where missing. A key is written to a temporary file and `link(2)`ed
+into place, so ranks that start at once agree on one key; every rank then reads the key that
+is there.
 Where no such place exists (no $HOME of the user's own, a read-only one), the names are today's
 plain ones, `/chjoin-<uid>-<tag>`, which anybody can compute: -v says so.
 
@@ -172,36 +174,62 @@ def _make_key(path, key=None):
             pass
 
 
+COPY = "home.key"       # in $XDG_RUNTIME_DIR/chjoin: a copy of $HOME's key, read first
+
+
+def _seed(path, uid):
+    """The key at `path` to give $HOME (None: none usable there; a new one is made)."""
+    try:
+        return _read_key(path, uid) if path else None
+    except NoKey:
+        return None
+
+
 def load_key(environ, uid):
-    """(key, path of its file), or (None, why there is none): the key of the first usable place
-    that has one. A place without one gets a copy of the next place's key; where none has
-    one, it is made in the last usable place ($HOME's: the one every step of a job sees, on
-    every node), then copied. So a step that sees no $XDG_RUNTIME_DIR, or a fresh one after
-    logind removed the old, computes the same names as the steps before it."""
-    reasons, keyless, key, path = [], [], None, None
+    """(key, path of its file), or (None, why there is none). Ranks read the copy of $HOME's
+    key in $XDG_RUNTIME_DIR (COPY: local memory) when there is one; else $HOME's key (made
+    where missing, from a key $XDG_RUNTIME_DIR held alone if any: one an earlier chjoin or a
+    launch without a usable $HOME made there), copied into $XDG_RUNTIME_DIR; with no usable
+    $HOME, a key of $XDG_RUNTIME_DIR's alone. So steps that see $XDG_RUNTIME_DIR and steps
+    that don't, or a fresh one after logind removed the old, compute the same names."""
+    reasons, dirs = [], {}
     for base, parts in places(environ):
+        runtime = parts == ["chjoin"]
         try:
-            path = f"{_private_dir(base, parts, uid, runtime=parts == ['chjoin'])}/key"
-            key = _read_key(path, uid)
+            dirs["runtime" if runtime else "home"] = _private_dir(base, parts, uid, runtime)
         except NoKey as e:
             reasons.append(str(e))
             continue
-        if key is not None:
-            break
-        keyless.append(path)
-    while key is None and keyless:
-        path = keyless.pop()
-        try:
-            _make_key(path)
+        if runtime:
+            try:
+                key = _read_key(f"{dirs['runtime']}/{COPY}", uid)
+            except NoKey as e:
+                reasons.append(str(e))
+                key = None
+            if key is not None:
+                return key, f"{dirs['runtime']}/{COPY}"
+    alone = f"{dirs['runtime']}/key" if "runtime" in dirs else None
+    try:
+        if "home" in dirs:
+            path = f"{dirs['home']}/key"
             key = _read_key(path, uid)
-        except NoKey as e:
-            reasons.append(str(e))
-    if key is None:
-        return None, "; ".join(reasons) or "neither $XDG_RUNTIME_DIR nor $HOME is set"
-    for earlier in reversed(keyless):
-        try:
-            _make_key(earlier, key)
-            key, path = _read_key(earlier, uid) or key, earlier
-        except NoKey:
-            pass              # this place stays keyless: the later one's key is used
-    return key, path
+            if key is None:
+                _make_key(path, _seed(alone, uid))
+                key = _read_key(path, uid)
+            if key is not None and alone:
+                try:
+                    _make_key(f"{dirs['runtime']}/{COPY}", key)
+                except NoKey:
+                    pass          # no copy: ranks read $HOME's key
+            if key is not None:
+                return key, path
+        elif alone:
+            key = _read_key(alone, uid)
+            if key is None:
+                _make_key(alone)
+                key = _read_key(alone, uid)
+            if key is not None:
+                return key, alone
+    except NoKey as e:
+        reasons.append(str(e))
+    return None, "; ".join(reasons) or "neither $XDG_RUNTIME_DIR nor $HOME is set"

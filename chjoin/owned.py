@@ -51,7 +51,8 @@ def resolve(path, uid, missing_ok=False):
     the way (`entry_problem`, sticky allowed) and following a symlink only if it is owned by
     `uid` or root; `problem` is why the resolution is not one only they decide ("" if it is).
     With `missing_ok`, the components from the first missing one on are appended unresolved
-    (they are for the caller to make); else a missing one is a problem."""
+    (they are for the caller to make; a `..` among them is a problem, as the kernel would not
+    go up through a missing one); else a missing one is a problem."""
     todo = path if path.startswith("/") else f"{os.getcwd()}/{path}"
     todo = [part for part in reversed(todo.split("/")) if part not in ("", ".")]
     done, follows = [], 0
@@ -65,9 +66,8 @@ def resolve(path, uid, missing_ok=False):
         try:
             st = os.lstat(here)
         except FileNotFoundError as e:
-            if missing_ok:
-                for rest in [part] + todo[::-1]:
-                    done = done[:-1] if rest == ".." else done + [rest]
+            if missing_ok and ".." not in todo:     # the kernel would not go up through it
+                done += [part] + todo[::-1]
                 break
             problem = f"{here}: {e.strerror}"
         except OSError as e:
@@ -80,7 +80,11 @@ def resolve(path, uid, missing_ok=False):
                 elif follows > 40:
                     problem = f"{here}: Too many levels of symbolic links"
                 else:
-                    target = os.readlink(here)
+                    try:
+                        target = os.readlink(here)
+                    except OSError as e:
+                        problem = f"{here}: {e.strerror}"
+                        break
                     if target.startswith("/"):
                         done = []
                     todo += [p for p in reversed(target.split("/")) if p not in ("", ".")]

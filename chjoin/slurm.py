@@ -536,9 +536,8 @@ def remove_ipc(job):
     any of its uid that no live process uses, as `chjoinctl gc` does (chjoin.sweep: as the
     owner, only the owner's objects, holders signalled through a checked pidfd)."""
     from chjoin import sweep
-    deadline, _ = job.until(sweep.TIMEOUT)
     done = sweep.sweep_all(job.uid, force_tag=(f"slurm.{job.id}.", f"name.{job.id}."),
-                           timeout=max(0.1, deadline - time.monotonic()))
+                           deadline=job.until(sweep.TIMEOUT)[0])
     return [f"removed {d}" if what == "removed" else
             f"dismissed holder pid {d}" if what == "holder" else f"problem: {d}"
             for what, d in sweep.bounded(done, job.uid)]

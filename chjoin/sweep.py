@@ -81,19 +81,25 @@ def open_checked(path, uid, flags=os.O_RDONLY):
     return fd, ""
 
 
-def sweep_all(uid=None, tag=None, force_tag=None, dry_run=False, timeout=TIMEOUT):
+def sweep_all(uid=None, tag=None, force_tag=None, dry_run=False, timeout=TIMEOUT,
+              deadline=None):
     """Sweep the records (and orphaned semaphores) of `uid` (None: every owner's; only root may
     sweep another's), only those of `tag` if given, forcing those whose stored tag starts with
     `force_tag`. Returns [(what, detail)]: ("removed", path), ("holder", pid) dismissed, and
     ("problem", line) for each thing left alone or that went wrong. Never raises for what it
-    finds."""
+    finds. Each owner's sweep ends within `timeout` s, the whole by `deadline` (a monotonic
+    time) if given: anybody can make any number of names under any uid's prefix."""
     done = []
     me = os.geteuid()
     for who, names in names_by_owner(uid).items():
         if me != 0 and who != me:
             continue
         kept = []
-        for name in names:
+        for i, name in enumerate(names):
+            if deadline is not None and time.monotonic() > deadline:
+                done.append(("problem", f"out of time: {len(names) - i} names of uid {who} "
+                                        "not looked at"))
+                break
             fd, problem = open_checked(f"{SHM}/{name}", who)
             if fd is None:
                 if problem:
@@ -105,8 +111,10 @@ def sweep_all(uid=None, tag=None, force_tag=None, dry_run=False, timeout=TIMEOUT
             continue
         gid, groups = runas.ids_of(who)
         try:
+            until = time.monotonic() + timeout
             found = runas.run_as(who, gid, sweep_own, kept, tag, force_tag, dry_run,
-                                 deadline=time.monotonic() + timeout, groups=groups)
+                                 deadline=until if deadline is None else min(until, deadline),
+                                 groups=groups)
             done += [tuple(item) for item in found]
         except (runas.Timeout, runas.ChildFailed) as e:
             done.append(("problem", f"sweeping uid {who}'s objects: {e}"))
@@ -119,8 +127,11 @@ def bounded(found, who):
     each would be a line of the epilog's log."""
     kept, seen = [], {}
     for what, detail in found:
+        if what == "holder" or detail.startswith(("out of time: ", "sweeping uid ")):
+            kept.append((what, detail))           # few, and each says something of the whole
+            continue
         seen[what] = seen.get(what, 0) + 1
-        if what == "holder" or seen[what] <= LINES:
+        if seen[what] <= LINES:
             kept.append((what, detail))
     more = {what: n - LINES for what, n in seen.items() if n > LINES}
     if more.get("removed"):

@@ -120,14 +120,16 @@ static int opt_name(int val, const char *optarg, int remote)
     return set_option(&name, optarg);
 }
 
-/* The seconds of a plugstack argument: 1 to MAX_TIMEOUT_S decimal digits' worth, else 0. */
+/* The seconds of a plugstack argument: decimal digits only, 1 to MAX_TIMEOUT_S, else 0. */
 #define MAX_TIMEOUT_S 86400
 static int plugstack_seconds(const char *text)
 {
     char *end;
+    if (*text < '0' || *text > '9')       /* strtol would take a sign or blanks */
+        return 0;
     errno = 0;
     long n = strtol(text, &end, 10);
-    return errno || end == text || *end || n < 1 || n > MAX_TIMEOUT_S ? 0 : (int)n;
+    return errno || *end || n < 1 || n > MAX_TIMEOUT_S ? 0 : (int)n;
 }
 
 /* Register both options in every context (a spank_options[] table would not reach sbatch and
@@ -282,6 +284,8 @@ static void exec_builder(int channel, int out, uid_t uid, gid_t gid, char **argv
    to a file system that never answers). slurmstepd never waits for it without a deadline. */
 #define REAP_GRACE 5.0
 #define NOT_REAPED (-1)
+#define WAIT_FAILED (-2)          /* waitpid itself failed: its errno is kept in reap_errno */
+static int reap_errno;
 #define STUCK "; the builder did not end 5 s after SIGKILL (stuck in the kernel on a file " \
               "system that does not answer?)"
 static int reap(pid_t pid, double deadline)
@@ -296,7 +300,10 @@ static int reap(pid_t pid, double deadline)
             return NOT_REAPED;
         usleep(2000);
     }
-    return r == pid ? status : NOT_REAPED;
+    if (r == pid)
+        return status;
+    reap_errno = errno;
+    return WAIT_FAILED;
 }
 
 /* Read what is ready on `fd` into the output buffer; -1 at end of file. */
@@ -424,6 +431,8 @@ static void build(spank_t sp)
              "(plugstack.conf)%s", timeout_s, status == NOT_REAPED ? STUCK : "");
     else if (!ready && status == NOT_REAPED)
         fail(EXIT_ERROR, pid, "%s", STUCK + 2);
+    else if (!ready && status == WAIT_FAILED)
+        fail(EXIT_ERROR, pid, "can't wait for the builder: %s", strerror(reap_errno));
     else if (!ready && WIFEXITED(status) && WEXITSTATUS(status)) {
         if (keep_chjoin_lines())
             fail_code = WEXITSTATUS(status);     /* its own error line is in `failure` */

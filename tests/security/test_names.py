@@ -9,6 +9,7 @@ nothing of theirs behind. The attacker's objects are theirs to remove: untouched
 """
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -247,11 +248,16 @@ def test_a_private_runtime_directory_keeps_the_key(victim, image, runtime_dir):
     group = victim.group(["-v", "--join-ct=2", "--join-tag=runtime", image, *WHICH], [{}] * 2,
                          env=env, timeout=30)
     assert group.returncodes == [0, 0], [r.stderr for r in group.ranks]
-    for rank in group.ranks:
-        assert f"join: rendezvous names keyed by {runtime}/chjoin/key" in rank.stderr
-    st = os.lstat(f"{runtime}/chjoin/key")
+    home_key = f"{victim.home}/.local/state/chjoin/key"
+    for rank in group.ranks:       # $HOME's key, or its copy once made
+        assert re.search(f"join: rendezvous names keyed by ({runtime}/chjoin/home.key|"
+                         f"{home_key})", rank.stderr), rank.stderr
+    again = victim.run("-v", "--join-ct=2", "--join-tag=runtime-again", "--join-timeout=1",
+                       image, "--", "true", env=env)     # a later launch reads the copy
+    assert f"join: rendezvous names keyed by {runtime}/chjoin/home.key" in again.stderr
+    st = os.lstat(f"{runtime}/chjoin/home.key")
     assert (st.st_uid, stat.S_IMODE(st.st_mode), st.st_size) == (victim.uid, 0o600, 32)
-    with open(f"{runtime}/chjoin/key", "rb") as here, \
-            open(f"{victim.home}/.local/state/chjoin/key", "rb") as home:
+    with open(f"{runtime}/chjoin/home.key", "rb") as here, \
+            open(home_key, "rb") as home:
         assert here.read() == home.read()
     assert victim.shm_names("runtime", env) == victim.shm_names("runtime")

@@ -387,10 +387,13 @@ def test_the_prolog_as_a_whole_ends_by_its_own_deadline(stuck_path, scratch, slu
                           CHJOIN_HOOK_TIMEOUT=4)
     done = attack.hook("prolog", job, "victim", "--config", config, "--comment",
                        f"chjoin-image={stuck_path} chjoin-stage={stuck_path}", timeout=20)
-    assert (done.returncode, lines(done)) == (0, [
+    assert (done.returncode, lines(done)[0]) == (0, (
         f"chjoin prolog: job {job} on n1: cancelling the job: checking image {stuck_path} as "
         "chjoin-test was still running at the hook's deadline (CHJOIN_HOOK_TIMEOUT=4 s): "
-        "killed"])
+        "killed"))
+    # with no slurmctld to answer, scontrol and scancel get what is left of the 4 s, no more
+    assert all(line.endswith(("scontrol did not answer in 1 s", "scancel did not answer in 1 s"))
+               for line in lines(done)[1:]), done.stdout
 
 
 def test_the_epilog_as_a_whole_ends_by_its_own_deadline(squashfs_file, scratch, slurm_config):
@@ -443,6 +446,23 @@ def test_names_another_user_floods_the_jobs_prefix_with_are_a_bounded_number_of_
             f"left {path} alone: owned by uid {attack.ids('attacker')[0]}, mode 600, not uid "
             f"{attack.ids('victim')[0]}'s with mode 600" for path in sorted(paths)[:20]] + [
             f"280 more like these with uid {attack.ids('victim')[0]}'s objects"]
+        assert all(os.path.exists(path) for path in paths)
+    finally:
+        unlink(*paths)
+
+
+def test_roots_sweep_stops_looking_at_names_at_its_deadline():
+    """Root's own walk over the names under a prefix (before any as-owner child) ends at the
+    sweep's deadline, however many names anybody made there: one line says how many were left
+    unread, and none was touched."""
+    from chjoin import sweep
+    paths = [attack.plant(attack.shm_name("victim", f"late-{os.getpid()}-{i}"), b"x", "attacker")
+             for i in range(3)]
+    try:
+        done = sweep.sweep_all(attack.ids("victim")[0], deadline=time.monotonic() - 1)
+        assert done == [("problem", f"out of time: 3 names of uid {attack.ids('victim')[0]} "
+                                    "not looked at")]
+        assert sweep.bounded(done * 30, 1) == done * 30      # such lines are never cut
         assert all(os.path.exists(path) for path in paths)
     finally:
         unlink(*paths)

@@ -65,13 +65,16 @@ def test_ranks_that_start_at_once_agree_on_one_key(home):
 
 
 def test_the_runtime_directory_comes_first_when_private(home):
+    """The first launch makes $HOME's key and copies it; the next reads the copy; a runtime
+    directory that is not private is not used."""
     runtime = f"{home}/run"
     os.mkdir(runtime, 0o700)
-    key, path = names.load_key({"XDG_RUNTIME_DIR": runtime, "HOME": home}, UID)
-    assert path == f"{runtime}/chjoin/key"
+    env = {"XDG_RUNTIME_DIR": runtime, "HOME": home}
+    key, path = names.load_key(env, UID)
+    assert path == f"{home}/.local/state/chjoin/key"
+    assert names.load_key(env, UID) == (key, f"{runtime}/chjoin/home.key")
     os.chmod(runtime, 0o755)
-    assert names.load_key({"XDG_RUNTIME_DIR": runtime, "HOME": home}, UID)[1] == \
-        f"{home}/.local/state/chjoin/key"
+    assert names.load_key(env, UID) == (key, f"{home}/.local/state/chjoin/key")
 
 
 @pytest.mark.parametrize("first", ["with-runtime", "without-runtime"])
@@ -88,11 +91,45 @@ def test_steps_with_and_without_a_runtime_directory_share_one_key(home, first):
     os.mkdir(runtime, 0o700)
     keys.append(names.load_key(with_runtime, UID)[0])
     assert len(set(keys)) == 1 and len(keys[0]) == names.KEY_SIZE
-    for path in (f"{runtime}/chjoin/key", f"{home}/.local/state/chjoin/key"):
+    for path in (f"{runtime}/chjoin/home.key", f"{home}/.local/state/chjoin/key"):
         with open(path, "rb") as f:
             assert f.read() == keys[0]
-        assert sorted(os.listdir(os.path.dirname(path))) == ["key"]
-    assert names.load_key(with_runtime, UID) == (keys[0], f"{runtime}/chjoin/key")
+        assert sorted(os.listdir(os.path.dirname(path))) == [os.path.basename(path)]
+    assert names.load_key(with_runtime, UID) == (keys[0], f"{runtime}/chjoin/home.key")
+
+
+@pytest.mark.parametrize("how", ["an-earlier-chjoin", "home-unusable-then"])
+def test_a_key_the_runtime_directory_held_alone_becomes_homes(home, how):
+    """A key in $XDG_RUNTIME_DIR alone (made by an earlier chjoin, or while $HOME could not hold
+    one): the first launch that sees both gives $HOME that key, so from then on the steps with
+    and without $XDG_RUNTIME_DIR, and a named container made with the old key, all meet."""
+    with tempfile.TemporaryDirectory() as runtime:
+        os.chmod(runtime, 0o700)
+        env = {"XDG_RUNTIME_DIR": runtime, "HOME": home}
+        if how == "an-earlier-chjoin":
+            os.mkdir(f"{runtime}/chjoin", 0o700)
+            with open(f"{runtime}/chjoin/key", "wb") as f:
+                f.write(b"e" * names.KEY_SIZE)
+            os.chmod(f"{runtime}/chjoin/key", 0o600)
+            old = b"e" * names.KEY_SIZE
+        else:
+            os.chmod(home, 0o777)                   # $HOME not trusted: the key is made alone
+            old, path = names.load_key(env, UID)
+            assert path == f"{runtime}/chjoin/key"
+            os.chmod(home, 0o755)
+        assert names.load_key(env, UID) == (old, f"{home}/.local/state/chjoin/key")
+        assert names.load_key({"HOME": home}, UID)[0] == old
+        assert names.load_key(env, UID) == (old, f"{runtime}/chjoin/home.key")
+
+
+def test_a_spoiled_key_alone_in_the_runtime_directory_does_not_stop_homes(home):
+    with tempfile.TemporaryDirectory() as runtime:
+        os.chmod(runtime, 0o700)
+        os.mkdir(f"{runtime}/chjoin", 0o700)
+        with open(f"{runtime}/chjoin/key", "wb") as f:
+            f.write(b"short")
+        key, path = names.load_key({"XDG_RUNTIME_DIR": runtime, "HOME": home}, UID)
+        assert path == f"{home}/.local/state/chjoin/key" and len(key) == names.KEY_SIZE
 
 
 def test_a_runtime_directory_alone_still_gives_a_key(home):
