@@ -98,7 +98,10 @@ def _private_dir(base, parts, uid, runtime):
     checked; `NoKey` if one can't be trusted or made."""
     problem = owned.dir_problem(base, uid, root_ok=False)
     if not problem and runtime:
-        mode = os.stat(base).st_mode & 0o777
+        try:
+            mode = os.stat(base).st_mode & 0o777
+        except OSError as e:      # logind removed it meanwhile
+            raise NoKey(f"{base}: {e.strerror}") from None
         if mode & 0o077:
             problem = f"{base} is mode {mode:o}, not private"
     if problem:
@@ -140,6 +143,8 @@ def _read_key(path, uid):
             raise NoKey(f"{path} is not a key of this user's (owner uid {st.st_uid}, mode "
                         f"{stat.S_IMODE(st.st_mode):o}, {st.st_size} bytes)")
         key = os.pread(fd, KEY_SIZE + 1, 0)
+    except OSError as e:
+        raise NoKey(f"can't read {path}: {e.strerror}") from None
     finally:
         os.close(fd)
     if len(key) != KEY_SIZE:
@@ -177,10 +182,17 @@ def _make_key(path, key=None):
 COPY = "home.key"       # in $XDG_RUNTIME_DIR/chjoin: a copy of $HOME's key, read first
 
 
-def _seed(path, uid):
-    """The key at `path` to give $HOME (None: none usable there; a new one is made)."""
+def _alone_key(path, uid):
+    """The key at `path` in the runtime directory, made there where missing; None if `path`
+    is None or holds no usable key (then $HOME's is made new)."""
+    if path is None:
+        return None
     try:
-        return _read_key(path, uid) if path else None
+        key = _read_key(path, uid)
+        if key is None:
+            _make_key(path)
+            key = _read_key(path, uid)
+        return key
     except NoKey:
         return None
 
@@ -209,27 +221,31 @@ def load_key(environ, uid):
             if key is not None:
                 return key, f"{dirs['runtime']}/{COPY}"
     alone = f"{dirs['runtime']}/key" if "runtime" in dirs else None
-    try:
-        if "home" in dirs:
-            path = f"{dirs['home']}/key"
+    if "home" in dirs:
+        path = f"{dirs['home']}/key"
+        try:
             key = _read_key(path, uid)
             if key is None:
-                _make_key(path, _seed(alone, uid))
+                # seeded from the runtime directory's key, made first where missing (the first
+                # link wins): every rank that sees the runtime directory agrees on one key
+                _make_key(path, _alone_key(alone, uid))
                 key = _read_key(path, uid)
-            if key is not None and alone:
+        except NoKey as e:
+            reasons.append(str(e))
+            key = None
+        if key is not None:
+            if alone:
                 try:
                     _make_key(f"{dirs['runtime']}/{COPY}", key)
                 except NoKey:
                     pass          # no copy: ranks read $HOME's key
-            if key is not None:
-                return key, path
-        elif alone:
-            key = _read_key(alone, uid)
-            if key is None:
-                _make_key(alone)
-                key = _read_key(alone, uid)
-            if key is not None:
-                return key, alone
-    except NoKey as e:
-        reasons.append(str(e))
+            return key, path
+    if alone:                     # no usable $HOME: the runtime directory's key alone
+        try:
+            key = _alone_key(alone, uid)
+        except NoKey as e:
+            reasons.append(str(e))
+            key = None
+        if key is not None:
+            return key, alone
     return None, "; ".join(reasons) or "neither $XDG_RUNTIME_DIR nor $HOME is set"

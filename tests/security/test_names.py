@@ -252,9 +252,11 @@ def test_a_private_runtime_directory_keeps_the_key(victim, image, runtime_dir):
     for rank in group.ranks:       # $HOME's key, or its copy once made
         assert re.search(f"join: rendezvous names keyed by ({runtime}/chjoin/home.key|"
                          f"{home_key})", rank.stderr), rank.stderr
-    again = victim.run("-v", "--join-ct=2", "--join-tag=runtime-again", "--join-timeout=1",
-                       image, "--", "true", env=env)     # a later launch reads the copy
-    assert f"join: rendezvous names keyed by {runtime}/chjoin/home.key" in again.stderr
+    again = victim.group(["-v", "--join-ct=2", "--join-tag=runtime-again", image, *WHICH],
+                         [{}] * 2, env=env, timeout=30)   # a later group reads the copy
+    assert again.returncodes == [0, 0], [r.stderr for r in again.ranks]
+    for rank in again.ranks:
+        assert f"join: rendezvous names keyed by {runtime}/chjoin/home.key" in rank.stderr
     st = os.lstat(f"{runtime}/chjoin/home.key")
     assert (st.st_uid, stat.S_IMODE(st.st_mode), st.st_size) == (victim.uid, 0o600, 32)
     with open(f"{runtime}/chjoin/home.key", "rb") as here, \

@@ -187,3 +187,44 @@ def test_a_directory_is_trusted_only_when_nobody_else_controls_it(home):
     assert owned.dir_problem(mine, UID) == f"{mine} is owned by uid 4242"
     os.symlink(mine, f"{home}/link")
     assert owned.entry_problem(f"{home}/link", UID) == f"{home}/link is a symlink"
+
+
+def test_a_home_key_that_cant_be_used_falls_back_to_the_runtime_directorys(home):
+    """$HOME's key is there but spoiled (mode 0644: anybody could have read it): the runtime
+    directory's key is used, not the plain names."""
+    with tempfile.TemporaryDirectory() as runtime:
+        os.chmod(runtime, 0o700)
+        os.makedirs(f"{home}/.local/state/chjoin", 0o700)
+        with open(f"{home}/.local/state/chjoin/key", "wb") as f:
+            f.write(b"k" * names.KEY_SIZE)
+        os.chmod(f"{home}/.local/state/chjoin/key", 0o644)
+        key, path = names.load_key({"XDG_RUNTIME_DIR": runtime, "HOME": home}, UID)
+        assert (path, len(key)) == (f"{runtime}/chjoin/key", names.KEY_SIZE)
+        assert key != b"k" * names.KEY_SIZE
+
+
+def test_ranks_with_and_without_home_that_start_at_once_agree(home):
+    """16 ranks at once, half seeing $HOME and the runtime directory, half the runtime directory
+    alone (no $HOME): all end with one key."""
+    with tempfile.TemporaryDirectory() as runtime:
+        os.chmod(runtime, 0o700)
+        r, w = os.pipe()
+        children = []
+        for i in range(16):
+            env = {"XDG_RUNTIME_DIR": runtime} if i % 2 else {"XDG_RUNTIME_DIR": runtime,
+                                                              "HOME": home}
+            pid = os.fork()
+            if pid == 0:
+                os.close(r)
+                os.write(w, names.load_key(env, UID)[0])
+                os._exit(0)
+            children.append(pid)
+        os.close(w)
+        for pid in children:
+            os.waitpid(pid, 0)
+        data = b""
+        while chunk := os.read(r, 4096):
+            data += chunk
+        os.close(r)
+        keys = {data[i:i + names.KEY_SIZE] for i in range(0, len(data), names.KEY_SIZE)}
+        assert len(data) == 16 * names.KEY_SIZE and len(keys) == 1
