@@ -82,15 +82,15 @@ def plan(launch):
         return _host_plan(launch)
     writable = launch.write or launch.write_fake is not None
     ops = [Root(writable=launch.write, overlay_size=launch.write_fake)]
-    ops += [Bind(p, p, create=writable) for p in REQUIRED_BINDS]
+    ops += [Bind(p, p) for p in REQUIRED_BINDS]     # as ch-run: never made, even with -w
     ops += [Bind(p, p, optional=True) for p in OPTIONAL_BINDS]
     if launch.generate_passwd:
-        ops.append(File("/etc/passwd", passwd_text(launch.identity), create=writable))
-        ops.append(File("/etc/group", group_text(launch.identity), create=writable))
+        ops.append(File("/etc/passwd", passwd_text(launch.identity)))
+        ops.append(File("/etc/group", group_text(launch.identity)))
     if launch.private_tmp:
-        ops.append(Tmpfs("/tmp", "mode=1777", create=writable))
+        ops.append(Tmpfs("/tmp", "mode=1777"))
     else:
-        ops.append(Bind(launch.host_tmp, "/tmp", create=writable))
+        ops.append(Bind(launch.host_tmp, "/tmp"))
     if launch.home is not None:
         ops.append(Bind(launch.home, f"/home/{launch.identity.user_name}", create=True))
     if launch.devices is not None:     # -d: the specs' binds, before the user's (which win)

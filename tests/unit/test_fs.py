@@ -33,11 +33,11 @@ def test_user_bind_on_a_default_path_comes_after_the_default():
     assert [op.src for op in hosts] == ["/etc/hosts", "/my/hosts"]
 
 
-def test_required_binds_may_be_created_only_when_writable():
-    ro = {op.dst: op for op in fs.plan(launch())}
-    rw = {op.dst: op for op in fs.plan(launch(write_fake="12%"))}
-    assert not ro["/dev"].create and rw["/dev"].create
-    assert ro["/etc/hosts"].optional
+def test_required_binds_are_never_created_even_when_writable():
+    for writable in ({}, {"write_fake": "12%"}, {"write": True}):     # as ch-run's BD_REQUIRED
+        ops = {op.dst: op for op in fs.plan(launch(**writable))}
+        assert not any(ops[p].create or ops[p].optional for p in ("/dev", "/proc", "/sys"))
+        assert not ops["/tmp"].create and ops["/etc/hosts"].optional
 
 
 def test_private_tmp_is_a_tmpfs_else_host_tmpdir():
