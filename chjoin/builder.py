@@ -112,7 +112,9 @@ def operations(launch):
         pairs = (op.pairs if isinstance(op, envmod.SetVars) else
                  envmod.read_file(envmod.IMAGE_ENVIRONMENT, op.delimiter))
         records += [("X" if op.expand else "S", name, value) for name, value in pairs]
-    cwd = launch.cd or "/"
+    cwd = "/" if launch.cd is None else launch.cd
+    if not cwd:                         # as chdir(2) would say in the task
+        raise Fatal("can't cd to : No such file or directory")
     records += [("S", "CH_RUNNING", envmod.CH_RUNNING), ("S", "PWD", cwd), ("D", cwd),
                 ("Q", str(launch.verbosity)), ("R",)]
     return records

@@ -1,8 +1,9 @@
 """The `chjoin` command: ch-run's options turned into a `Launch`, handed to `chjoin.launch`.
 
 `chjoin [OPTIONS] IMAGE -- CMD [ARG...]`. The options are a table (`OPTIONS`) that the parser,
-`normalize`, and `--help` all read. `normalize` first rewrites the options in front of IMAGE into
-`--long[=value]` form: that gives argp's meaning to the options whose value is optional (`-W`,
+`normalize`, and `--help` all read. `normalize` first rewrites the options (anywhere before `--`,
+long ones possibly abbreviated, as glibc's getopt_long takes them for ch-run) into
+`--long[=value]` form, ahead of the other words: that gives argp's meaning to the options whose value is optional (`-W`,
 `--write-fake`, `--set-env`, `--set-env0`: a value only when attached) and keeps the command-line
 order of the environment options. No option library: every rank on every node parses its
 command line, and click alone cost each of them 20 ms of imports.
@@ -115,34 +116,45 @@ COLOR_SYNONYMS = {"auto": "auto", "tty": "auto", "if-tty": "auto", "yes": "yes",
 _ENV_OPTIONS = ("--set-env=", "--set-env0=", "--unset-env=", "--env-no-expand")
 
 
-def normalize(args):
-    """Rewrite the options before IMAGE as `--long[=value]` tokens; the rest is left as is."""
-    out = []
+def normalize(args, permute=True):
+    """Rewrite the options as `--long[=value]` tokens, in command-line order, followed by the
+    other words: as glibc's getopt_long, which ch-run's argp uses, options are taken from
+    anywhere before `--` (a word after IMAGE that starts with `-` is chjoin's, as in ch-run), and
+    a long option may be shortened to any prefix that names one option. The words: those before
+    `--`, then `--` and those after it, if it was given. `permute=False` ($POSIXLY_CORRECT)
+    ends the options at the first other word, as getopt does then."""
+    out, words = [], []
     i = 0
     while i < len(args):
         token = args[i]
         i += 1
-        if token == "--" or not token.startswith("-") or token == "-":
-            return out + [token] + list(args[i:])
+        if token == "--":
+            return out + words + args[i - 1:]
+        if not token.startswith("-") or token == "-":
+            if not permute:
+                return out + words + args[i - 1:]
+            words.append(token)
+            continue
         if token.startswith("--"):
-            name = token[2:]
+            name, eq, attached = token[2:].partition("=")
+            name = long_name(name)
             kind = _KIND.get(name)
-            if "=" in name or kind is None:
-                out.append(token)
+            if eq or kind is None:
+                out.append(f"--{name}{eq}{attached}" if kind is not None else token)
             elif kind == OPTIONAL:
                 value = _DEFAULT[name]
                 if name == "cdi" and _cdi_value_follows(args, i):
                     value = args[i]
                     i += 1
-                out.append(f"{token}={value}")
+                out.append(f"--{name}={value}")
             elif kind in (VALUE, LIST) or name in _ACTION_VALUE:
                 if i < len(args):
-                    out.append(f"{token}={args[i]}")
+                    out.append(f"--{name}={args[i]}")
                     i += 1
                 else:
-                    out.append(token)
+                    out.append(f"--{name}")
             else:
-                out.append(token)
+                out.append(f"--{name}")
             continue
         for k, c in enumerate(token[1:], start=2):
             name = _LONG.get(c)
@@ -161,7 +173,20 @@ def normalize(args):
                 out.append(f"--{name}={rest or _DEFAULT[name]}")
                 break
             out.append(f"--{name}" if name else f"-{c}")
-    return out
+    return out + words
+
+
+def long_name(given):
+    """The option that long option `given` names: itself, or the one option it is a prefix of
+    (getopt_long's abbreviations); `given` as is when it names none (an unknown option). More
+    than one is a `Usage` error, worded as getopt's."""
+    if given in _KIND or not given:
+        return given
+    matches = [name for name in _KIND if name.startswith(given)]
+    if len(matches) > 1:
+        raise Usage(f"option '--{given}' is ambiguous; possibilities: "
+                    + " ".join(f"'--{name}'" for name in matches))
+    return matches[0] if matches else given
 
 
 def _cdi_value_follows(args, i):
@@ -180,7 +205,9 @@ class Usage(Exception):
 
 def parse(tokens):
     """Normalized `tokens` into (options, IMAGE, CMD): options by name, as FLAG/COUNT/VALUE/
-    LIST/OPTIONAL give them. ACTION options are done here and end the program."""
+    LIST/OPTIONAL give them, each value checked as it is met, as ch-run's parser does (so the
+    first bad option is the one reported). ACTION options are done here and end the program.
+    IMAGE is the first word; CMD the words after it, before and after `--`."""
     options = {name: [] if kind in (LIST, OPTIONAL) else 0 if kind in (FLAG, COUNT) else None
                for name, kind in _KIND.items()}
     i = 0
@@ -199,19 +226,39 @@ def parse(tokens):
             sys.exit(_action(name, value, options))
         options[name] = (options[name] + 1 if kind in (FLAG, COUNT) else
                          options[name] + [value] if kind in (LIST, OPTIONAL) else value)
+        check_value(name, value, options)
         i += 1
     logging_options(options)
-    if options["name"] is not None and tokens[i:i + 1] == ["--"] and "--" not in tokens[i + 1:]:
-        if len(tokens) == i + 1:        # --name with no IMAGE: `chjoin --name=NAME -- CMD`
+    words = tokens[i:]
+    before = words[:words.index("--")] if "--" in words else words
+    after = words[len(before) + 1:]
+    if options["name"] is not None and not before and words and "--" not in after:
+        if not after:                   # --name with no IMAGE: `chjoin --name=NAME -- CMD`
             raise Usage(f"missing command: {NAMED_USAGE}")
-        return options, None, tokens[i + 1:]
-    rest = tokens[i + (tokens[i:i + 1] == ["--"]):]
-    if not rest:
+        return options, None, after
+    if before:
+        return options, before[0], before[1:] + after
+    if not after:
         raise Usage(f"missing IMAGE: {USAGE} (see --help)")
-    image, command = rest[0], rest[1:]
-    if command[:1] == ["--"]:
-        command = command[1:]
-    return options, image, command
+    command = after[1:]                 # `chjoin [OPTIONS] -- IMAGE [--] CMD`
+    return options, after[0], command[command[:1] == ["--"]:]
+
+
+def check_value(name, value, options):
+    """Refuse a bad value as soon as its option is met, as ch-run's parse_opt does; the values
+    are decided later (make_launch), from the whole command line."""
+    if name in ("uid", "gid"):
+        parse_id(value, f"--{name}")
+    elif name in ("join-ct", "join-pid"):
+        parse_int(value, f"--{name}")
+    elif name == "bind":
+        parse_bind(value)
+    elif name == "mount" and not value:
+        raise Fatal("mount point can't be empty string")
+    elif name in ("set-env", "set-env0", "unset-env") and not value:
+        raise Fatal("environment options: argument must have non-zero length")
+    elif name in ("verbose", "quiet"):
+        verbosity_of(options["verbose"], options["quiet"])
 
 
 def logging_options(o):
@@ -520,7 +567,8 @@ def find_image(image_ref, o, user_name, environ, log):
     storage = o["storage"]
     if storage is not None and not os.path.exists(storage):
         log.warning(f"storage directory not found: {storage}")
-    found = imagemod.find(image_ref, storage or imagemod.default_storage(environ, user_name),
+    found = imagemod.find(image_ref, imagemod.default_storage(environ, user_name)
+                          if storage is None else storage,
                           bool(o["unsafe"]), log.warning if storage is None else None,
                           log.warning)
     if found.by_name and o["write"] and not o["unsafe"]:
@@ -532,7 +580,9 @@ def storage_of(o, user_name, environ):
     """The storage directory, as ch-run's -v line names it (made absolute where it exists)."""
     from chjoin import image as imagemod
 
-    storage = o["storage"] or imagemod.default_storage(environ, user_name)
+    storage = o["storage"]
+    if storage is None:
+        storage = imagemod.default_storage(environ, user_name)
     return os.path.realpath(storage) if os.path.exists(storage) else storage
 
 
@@ -548,8 +598,6 @@ def squash_mount_of(found, o, user_name, log):
     if o["write"]:
         raise Fatal("--write invalid with SquashFS image: it is read-only (-W overlays a "
                     "tmpfs on it)", EXIT_SQUASH)
-    if o["mount"] == "":
-        raise Fatal("--mount: empty directory name", EXIT_SQUASH)
     return os.path.abspath(o["mount"] or imagemod.default_mount(user_name))
 
 
@@ -624,8 +672,9 @@ def main(argv=None):
     clock = Timings()
     closed_stdio = open_closed_stdio()
     try:
-        tokens = normalize(sys.argv[1:] if argv is None else argv)
         try:
+            tokens = normalize(sys.argv[1:] if argv is None else argv,
+                               permute="POSIXLY_CORRECT" not in os.environ)
             options, image, command = parse(tokens)
         except Usage as e:
             error(str(e))

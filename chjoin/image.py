@@ -87,7 +87,7 @@ def find(ref, storage, unsafe=False, warn=None, distrust=None):
     if not ref:
         raise Fatal("can't find image: empty name")
     named = os.path.join(storage, "img", storage_name(ref))
-    if os.path.isdir(named):
+    if storage and os.path.isdir(named):        # `-s ''` names no storage: no lookup
         entry, problem = storage_problem(storage, storage_name(ref), os.geteuid())
         if not problem:
             return Image(entry, by_name=True)

@@ -56,8 +56,8 @@ def run(launch, clock, closed_stdio=()):
     command = launch.command
     if default_command:
         command = default_command(command, log)
-    exec_command(command, environment, launch.cd or "/", launch.verbosity, libc,
-                 clock, closed_stdio, program)
+    cwd = "/" if launch.cd is None else launch.cd       # `-c ''` fails as chdir("") does
+    exec_command(command, environment, cwd, launch.verbosity, libc, clock, closed_stdio, program)
 
 
 def report(launch, group, log):
@@ -297,6 +297,8 @@ def install_seccomp(program, libc, log):
 def execvpe(cmd, environment):
     """execvpe(3): run `cmd`, searched for in the container's $PATH. Not `os.execvpe`, which
     imports `warnings` at this point, from a host directory the container no longer shows."""
+    if not cmd[0]:                      # as execvp(3); os.execve raises ValueError
+        raise FileNotFoundError(2, "No such file or directory")
     if "/" in cmd[0]:
         os.execve(cmd[0], cmd, environment)
     found = None

@@ -80,6 +80,20 @@ CASES = [
     (["--write=yes", "{img}", "--", "true"], 64, "^option --write takes no value$"),
     (["--timings=FILE", "{img}", "--", "true"], 64, "^option --timings takes no value$"),
     (["--unsafe=yes", "{img}", "--", "true"], 64, "^option --unsafe takes no value$"),
+    # empty values, in ch-run's words
+    (["{img}", "--", ""], 49, "^can't exec: : No such file or directory$"),
+    (["-c", "", "{img}", "--", "true"], 31, "^can't cd to : No such file or directory$"),
+    (["-m", "", "{img}", "--", "true"], 31, "^mount point can't be empty string$"),
+    # a directory that is no image, even with -w: ch-run's required binds are never made
+    (["-w", "{host}/empty", "--", "true"], 31, "^can't bind: destination not found: {host}/empty/dev$"),
+    # options anywhere before `--`, each checked as it is met (glibc getopt, as ch-run's argp)
+    (["{img}", "echo", "-n", "x"], 64, "^unknown option: -n "),
+    (["{img}", "-u", "abc", "--", "true"], 31, "^--uid: no digits found$"),
+    (["-u", "abc", "--help"], 31, "^--uid: no digits found$"),
+    (["-g", "99999999999"], 31, "^--gid: out of range$"),
+    (["-vvvv", "{img}", "--", "true"], 31, "^--verbose can be specified at most thrice$"),
+    (["--ver", "{img}", "--", "true"], 64,
+     "^option '--ver' is ambiguous; possibilities: '--verbose' '--version'$"),
 ]
 
 
@@ -92,6 +106,8 @@ def bad_setup(image, host_dir):
     (host_dir / "nul-env").write_bytes(b"GOOD=1\nA=x\0S\0EVIL\0y\n")
     os.chmod(host_dir / "nul-env", 0o644)
     (host_dir / "storage" / "img" / "named").mkdir(parents=True)
+    (host_dir / "empty").mkdir(exist_ok=True)
+    os.chmod(host_dir / "empty", 0o777)     # -w on it could make dev/, proc/... as the user
     yield {"img": str(image), "host": str(host_dir), "storage": str(host_dir / "storage")}
     (image / "escape").unlink()
 
@@ -111,6 +127,7 @@ def test_bad_input_is_one_error_line_and_exit_code(as_user, bad_setup, args, cod
     assert re.search(message, match.group(1)), match.group(1)
     assert mount_count() == mounts
     assert chjoin_leftovers("/tmp") == before
+    assert os.listdir(bad_setup["host"] + "/empty") == []
 
 
 def test_home_without_HOME_is_refused_in_ch_runs_words(as_user, image):
@@ -144,3 +161,17 @@ def test_join_pid_of_another_users_process_is_refused_in_ch_runs_words(as_user, 
     assert result.returncode == 31
     assert re.fullmatch(r"join: can't open /proc/1/ns/user: .+",
                         ERROR_LINE.match(result.stderr).group(1)), result.stderr
+
+
+def test_options_may_follow_image_and_long_ones_may_be_abbreviated(as_user, image):
+    result = as_user.run(image, "--private-t", "-c", "/etc", "--", "sh", "-c",
+                         'pwd; stat -f -c %T /tmp')
+    assert (result.returncode, result.stdout) == (0, "/etc\ntmpfs\n"), result.stderr
+    result = as_user.run(image, "ls", "--", "-d", "/")      # CMD: the words around `--`
+    assert (result.returncode, result.stdout) == (0, "/\n"), result.stderr
+
+
+def test_posixly_correct_makes_the_words_after_image_the_command(as_user, image):
+    result = as_user.run(image, "-v", "x", env={"POSIXLY_CORRECT": "1"})
+    assert result.returncode == 49
+    assert ERROR_LINE.match(result.stderr).group(1) == "can't exec: -v: No such file or directory"

@@ -37,8 +37,59 @@ def test_clustered_short_flags_are_split():
         "--private-tmp", "--verbose", "--write", "img", "--", "x"]
 
 
-def test_options_after_image_belong_to_the_command():
-    assert normalize(["img", "-v", "--", "ls", "-l"]) == ["img", "-v", "--", "ls", "-l"]
+def test_options_are_taken_from_anywhere_before_the_double_dash_as_getopt_does():
+    assert normalize(["img", "-v", "--", "ls", "-l"]) == ["--verbose", "img", "--", "ls", "-l"]
+    assert normalize(["img", "ls", "-w", "--", "-l"]) == ["--write", "img", "ls", "--", "-l"]
+    assert parse(normalize(["img", "ls", "-c", "/x", "--", "-l", "/"]))[1:] == (
+        "img", ["ls", "-l", "/"])
+    with pytest.raises(Usage, match="unknown option: -n "):
+        parse(normalize(["img", "echo", "-n", "x"]))     # as ch-run: -n is no option of ours
+
+
+def test_posixly_correct_ends_the_options_at_the_first_other_word():
+    assert normalize(["-t", "img", "-v", "--", "true"], permute=False) == [
+        "--private-tmp", "img", "-v", "--", "true"]
+    assert parse(normalize(["img", "-v", "x"], permute=False))[1:] == ("img", ["-v", "x"])
+
+
+@pytest.mark.parametrize("given, long", [
+    ("--verb", "--verbose"), ("--write", "--write"), ("--write-f=1g", "--write-fake=1g"),
+    ("--join-c=2", "--join-ct=2"), ("--no-p", "--no-passwd"), ("--cd=/x", "--cd=/x")])
+def test_a_long_option_may_be_abbreviated_to_any_unambiguous_prefix(given, long):
+    assert normalize([given, "img", "--", "true"]) == [long, "img", "--", "true"]
+
+
+def test_an_abbreviated_option_takes_its_value_from_the_next_word():
+    assert normalize(["--bi", "/a:/b", "img"]) == ["--bind=/a:/b", "img"]
+
+
+@pytest.mark.parametrize("given, possibilities", [
+    ("--ver", "'--verbose' '--version'"), ("--join-", "'--join-ct' '--join-tag'"),
+    ("--w", "'--warnings' '--write' '--write-fake'"), ("--wri", "'--write' '--write-fake'")])
+def test_an_ambiguous_abbreviation_is_refused_with_getopts_words(given, possibilities):
+    with pytest.raises(Usage, match=f"option '{given}' is ambiguous; possibilities: "):
+        normalize([given, "img", "true"])
+    with pytest.raises(Usage) as e:
+        normalize([given, "img", "true"])
+    assert set(str(e.value).split(": ")[1].split()) >= set(possibilities.split())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-u", "abc", "--help"], "--uid: no digits found"),        # before --help is done
+    (["-u7x", "--uid=0", "img", "true"], "--uid: extra characters after digits"),
+    (["-g", "99999999999"], "--gid: out of range"),             # before IMAGE is missed
+    (["-b", ":/x"], "--bind: no source provided"),
+    (["--join-ct=x"], "--join-ct: no digits found"),
+    (["--join-pid="], "--join-pid: no digits found"),
+    (["-m", ""], "mount point can't be empty string"),
+    (["--unset-env=", "img", "true"], "non-zero length"),
+    (["-vvvv"], "--verbose can be specified at most thrice"),
+    (["-v", "-q", "--help"], "--quiet incompatible with --verbose"),
+    (["img", "true", "-qqqq"], "--quiet can be specified at most thrice"),
+])
+def test_each_value_is_checked_as_its_option_is_met(args, message):
+    with pytest.raises(Fatal, match=message):
+        parse(normalize(args))
 
 
 @pytest.mark.parametrize("text, message", [
