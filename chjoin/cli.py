@@ -669,7 +669,11 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
 
 def main(argv=None):
     """Console entry point: parse, launch, and turn every failure into one line and an exit code."""
-    clock = Timings()
+    import _signal      # not `signal`, whose enums cost every rank 4 ms
+
+    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+        _signal.signal(_signal.SIGINT, _signal.SIG_DFL)     # Ctrl-C ends us as it does ch-run,
+    clock = Timings()                                       # never with a traceback
     closed_stdio = open_closed_stdio()
     try:
         try:

@@ -198,7 +198,7 @@ class Objects:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)   # wait interruptibly
+                let_signals_in()    # wait interruptibly
             if time.monotonic() > deadline:
                 raise LockTimeout(f"join: timed out waiting for the lock on {self.path}")
             time.sleep(delay)
@@ -211,7 +211,7 @@ class Objects:
     def unlock(self, release_signals=True):
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         if release_signals:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
+            let_signals_in()
 
     def read(self):
         """The groups of the record, or None when they can't be read (torn by a write we
@@ -265,18 +265,27 @@ def _review_all(objects, groups, now):
 def stop_on_signals(tag):
     """While this rank takes part in group `tag`, SIGTERM, SIGINT and SIGHUP (scancel, Ctrl-C,
     a launcher going away) raise `Fatal` (exit 128+N), once, so that it leaves the group
-    cleanly rather than die with its slot held; later ones are ignored, so that the first
-    one's error is reported whole (Python's exit would otherwise let them kill us). They are
-    held off while we hold the record's lock; the exec of the command resets them."""
+    cleanly rather than die with its slot held; the later ones, of any of the three, are
+    blocked from then on (pending, never delivered: Python's exit would otherwise let them
+    kill us), so that the first one's error is reported whole. They are held off while we hold
+    the record's lock; the exec of the command resets them. One that is ignored (nohup) stays
+    ignored."""
     def stop(signum, _frame):
         _received.append(signum)
         if len(_received) == 1:
-            for other in _DEFERRED:     # ignored from now on, through Python's exit too
-                signal.signal(other, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
             raise _stop(tag, signum)
 
     for signum in _DEFERRED:
-        signal.signal(signum, stop)
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, stop)
+
+
+def let_signals_in():
+    """Let in the signals held off while the lock was held, unless one has already come: then
+    they stay blocked until we exit (`stop_on_signals`)."""
+    if not _received:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
 
 
 _received = []
@@ -340,7 +349,7 @@ def arrive(tag, expected, terms, timeout, log, names):
             member = Member(objects, group, tag, timeout, deadline, log)
             member.release_signals()
             return member
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
+        let_signals_in()
         objects.map.close()
         os.close(objects.fd)
         if time.monotonic() + TICK > deadline:
@@ -362,7 +371,7 @@ class Member:
         """Let the signals held off since arrival in: one that came meanwhile makes this rank
         leave the group it has just joined (or fail it, as its winner)."""
         try:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
+            let_signals_in()
         except Fatal as e:
             (self.failed if self.winner else self.leave)(str(e))
             raise

@@ -274,6 +274,10 @@ def exec_command(cmd, environment, cwd, verbosity, libc, clock, closed_stdio=(),
     flush_stdio()
     for fd in closed_stdio:
         os.close(fd)
+    import _signal      # not `signal`, whose enums cost every rank 4 ms
+
+    for signum in (_signal.SIGPIPE, _signal.SIGXFSZ):   # Python's start-up ignores them; the
+        _signal.signal(signum, _signal.SIG_DFL)         # command gets them as from a shell
     try:
         execvpe(cmd, environment)
     except OSError as e:
