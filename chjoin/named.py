@@ -144,6 +144,7 @@ def run(launch, log):
                     clock.done("wait")
                     clock.role = "attach"
                     checkpoint("named", "attach")
+                    _stamp(objects)
                     ns.join([g.holder], g.inodes, log)
                     log.info(f"name: attached to container {launch.name} through its holder, "
                              f"pid {g.holder[0]}")
@@ -241,6 +242,15 @@ def _close_channels(keep_fd):
             pass
 
 
+def _stamp(objects):
+    """Tell the holder that a process attached, by the record's mtime: one too short-lived for
+    its once-a-second look inside still starts --keep's count again."""
+    try:
+        os.utime(objects.fd)
+    except OSError:
+        pass
+
+
 def hold(objects, group_id, keep, inodes):
     """The holder's life, in its own process inside the container: until the group leaves the
     record (chjoinctl stop, the epilog), SIGTERM/SIGINT/SIGHUP (it then withdraws the name), or,
@@ -252,10 +262,13 @@ def hold(objects, group_id, keep, inodes):
     _close_channels(objects.fd)
     checkpoint("holder", "start")
     me = os.getpid()
-    idle_since, next_count = None, 0.0
+    idle_since, next_count, stamped = None, 0.0, None
     while not stop:
-        if not os.fstat(objects.fd).st_nlink:
+        status = os.fstat(objects.fd)
+        if not status.st_nlink:
             return                          # the names were removed: the record is history
+        if status.st_mtime_ns != stamped:   # an attach (`_stamp`), or a change of the record
+            stamped, idle_since = status.st_mtime_ns, None
         groups = objects.read()
         if groups is not None and not any(g.id == group_id for g in groups):
             return                          # stopped: out of the record

@@ -185,6 +185,19 @@ def test_keep_ends_the_container_that_long_after_its_last_process(as_user, image
     assert done.returncode == 31 and "no container of that name is running" in done.stderr
 
 
+def test_short_attaches_each_start_keeps_count_again(as_user, image, name):
+    """Attaches that end long before the holder's once-a-second look inside still count as the
+    container's use: four `true`s 1.5 s apart keep a --keep=3 container, the same one, alive."""
+    first = as_user.run(f"--name={name}", "--keep=3", image, "--", "readlink", "/proc/self/ns/mnt")
+    assert first.returncode == 0, first.stderr
+    for _ in range(4):
+        time.sleep(1.5)
+        assert as_user.run(f"--name={name}:exec", "--", "true").returncode == 0
+    again = as_user.run(f"--name={name}:exec", "--", "readlink", "/proc/self/ns/mnt")
+    assert (again.returncode, again.stdout) == (0, first.stdout), again.stderr
+    wait_for(lambda: not shm_of(name) and not holders(as_user.uid), 10, "the --keep expiry")
+
+
 def test_a_sigkilled_holder_is_said_in_one_line_and_the_name_can_be_created_again(
         as_user, image, name):
     assert as_user.run(f"--name={name}", image, "--", "true").returncode == 0
