@@ -627,6 +627,9 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
         write_fake = write_fake or WRITE_FAKE_DEFAULT_SIZE
     join = join_options(o, environ)
     named = name_options(o, image_ref)
+    if (join["join"] or named) and any(os.path.normpath(b.dst) == "/proc" for b in binds):
+        raise Fatal(f"--bind: /proc can't be replaced with --{'join' if join['join'] else 'name'}"
+                    ": its ranks and holder find each other through it")
     clock.done("parse")
     generate_passwd = not o["no-passwd"]
     if image_ref is None:       # --name, entering a running container: it has its image

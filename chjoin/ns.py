@@ -11,16 +11,28 @@ from chjoin import libc
 from chjoin.log import Fatal
 
 
-def _write(path, text):
-    with open(path, "w") as f:
-        f.write(text)
+def _write(name, text, proc):
+    """Write `text` to /proc/self/`name`, through `proc`, a descriptor of a /proc."""
+    fd = os.open(f"self/{name}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
-def _map_ids(uid, outer_uid, gid, outer_gid):
-    """Map `uid`/`gid` of the namespace we just entered onto the parent's ids, one each."""
-    _write("/proc/self/uid_map", f"{uid} {outer_uid} 1\n")
-    _write("/proc/self/setgroups", "deny\n")
-    _write("/proc/self/gid_map", f"{gid} {outer_gid} 1\n")
+def _map_ids(uid, outer_uid, gid, outer_gid, proc=None):
+    """Map `uid`/`gid` of the namespace we just entered onto the parent's ids, one each; through
+    `proc` (a descriptor of /proc), else the /proc we see."""
+    opened = proc is None
+    if opened:
+        proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _write("uid_map", f"{uid} {outer_uid} 1\n", proc)
+        _write("setgroups", "deny\n", proc)
+        _write("gid_map", f"{gid} {outer_gid} 1\n", proc)
+    finally:
+        if opened:
+            os.close(proc)
 
 
 def enter_outer(host_uid, host_gid):
@@ -33,13 +45,15 @@ def enter_outer(host_uid, host_gid):
         raise Fatal(f"can't create user+mount namespaces: {e.strerror}{hint}") from None
 
 
-def enter_inner(uid, gid):
+def enter_inner(uid, gid, proc):
     """Unshare the inner user namespace, where we are `uid`:`gid`, mapped onto the outer root,
     with a mount namespace of its own, as ch-run does: the container's root user may then mount
-    (a tmpfs, FUSE), while the mounts made so far stay locked as they are."""
+    (a tmpfs, FUSE), while the mounts made so far stay locked as they are. The maps are written
+    through `proc`, a descriptor of /proc taken before the container's binds (whose /proc may
+    be the user's: `-b DIR:/proc`)."""
     try:
         libc.unshare(libc.CLONE_NEWUSER | libc.CLONE_NEWNS)
-        _map_ids(uid, 0, gid, 0)
+        _map_ids(uid, 0, gid, 0, proc)
     except OSError as e:
         raise Fatal(f"can't create inner user namespace for {uid}:{gid}: {e.strerror}") from None
 

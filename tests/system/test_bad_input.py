@@ -80,6 +80,8 @@ CASES = [
     (["--write=yes", "{img}", "--", "true"], 64, "^option --write takes no value$"),
     (["--timings=FILE", "{img}", "--", "true"], 64, "^option --timings takes no value$"),
     (["--unsafe=yes", "{img}", "--", "true"], 64, "^option --unsafe takes no value$"),
+    (["--join-ct=2", "-b", "{host}:/proc/", "{img}", "--", "true"], 31,
+     "^--bind: /proc can't be replaced with --join: "),
     # empty values, in ch-run's words
     (["{img}", "--", ""], 49, "^can't exec: : No such file or directory$"),
     (["-c", "", "{img}", "--", "true"], 31, "^can't cd to : No such file or directory$"),
@@ -175,3 +177,10 @@ def test_posixly_correct_makes_the_words_after_image_the_command(as_user, image)
     result = as_user.run(image, "-v", "x", env={"POSIXLY_CORRECT": "1"})
     assert result.returncode == 49
     assert ERROR_LINE.match(result.stderr).group(1) == "can't exec: -v: No such file or directory"
+
+
+def test_a_bind_over_proc_is_the_containers_proc_as_in_ch_run(as_user, image, host_dir):
+    """The id maps of the inner namespace are written through the /proc chjoin had before the
+    binds, so a user's directory at /proc does not break the launch."""
+    result = as_user.run("-b", f"{host_dir}:/proc", image, "--", "cat", "/proc/file")
+    assert (result.returncode, result.stdout) == (0, "from the host\n"), result.stderr
