@@ -175,7 +175,7 @@ def _create(launch, log, objects, group_id, what):
         checkpoint("named", "built")
         inodes = ns.inodes()
         holder = ns.spawn_holder(lambda: hold(objects, group_id, launch.keep, inodes),
-                                 log.clock)
+                                 log.clock, HOLDER_SIGNALS)
 
         def publish(groups, g):
             g.state, g.holder, g.inodes = READY, holder, inodes
@@ -251,16 +251,20 @@ def _stamp(objects):
         pass
 
 
+HOLDER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)    # end the holder's container
+
+
 def hold(objects, group_id, keep, inodes):
     """The holder's life, in its own process inside the container: until the group leaves the
     record (chjoinctl stop, the epilog), SIGTERM/SIGINT/SIGHUP (it then withdraws the name), or,
     with `keep`, `keep` seconds after the last other process inside exited."""
     stop = []
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in HOLDER_SIGNALS:
         signal.signal(signum, lambda signum, frame: stop.append(signum))
     objects.reopen()
     _close_channels(objects.fd)
     checkpoint("holder", "start")
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HOLDER_SIGNALS)     # blocked since the fork
     me = os.getpid()
     idle_since, next_count, stamped = None, 0.0, None
     while not stop:

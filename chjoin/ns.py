@@ -8,7 +8,7 @@ maps the container's uid and gid onto that 0. `setgroups` is denied in both.
 import os
 
 from chjoin import libc
-from chjoin.log import Fatal
+from chjoin.log import Fatal, checkpoint
 
 
 def _write(name, text, proc):
@@ -220,6 +220,7 @@ def _hold(hold, clock):
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.close(null)
+        checkpoint("holder", "forked")      # a signal now waits (`blocked`) for hold()
         hold()
     except BaseException:
         pass

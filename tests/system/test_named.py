@@ -198,6 +198,24 @@ def test_short_attaches_each_start_keeps_count_again(as_user, image, name):
     wait_for(lambda: not shm_of(name) and not holders(as_user.uid), 10, "the --keep expiry")
 
 
+def test_a_holder_sigtermed_as_it_starts_withdraws_the_name(as_user, image, name):
+    """SIGTERM reaches the named holder just after its fork, before it has a handler (it stops
+    itself there): it still ends the container and withdraws the name, rather than die and
+    leave a READY record with nobody in it."""
+    done = as_user.run(f"--name={name}", image, "--", "true",
+                       env={"CHJOIN_TEST_STOP": "holder:forked"})
+    assert done.returncode == 0, done.stderr
+    [holder] = wait_for(lambda: holders(as_user.uid), 10, "the holder")
+    wait_for(lambda: "\nState:\tT" in Path(f"/proc/{holder}/status").read_text(), 10,
+             "the holder to stop itself")
+    os.kill(holder, 15)
+    os.kill(holder, 18)
+    wait_for(lambda: not holders(as_user.uid), 10, "the holder to end")
+    assert not shm_of(name), "the name was left behind"
+    again = as_user.run(f"--name={name}:exec", "--", "true")
+    assert again.returncode == 31 and "no container of that name is running" in again.stderr
+
+
 def test_a_sigkilled_holder_is_said_in_one_line_and_the_name_can_be_created_again(
         as_user, image, name):
     assert as_user.run(f"--name={name}", image, "--", "true").returncode == 0
