@@ -78,9 +78,20 @@ def storage_problem(storage, name, uid):
     return real_entry, problem or owned.entry_problem(real_entry, uid, sticky_ok=False)
 
 
+def _own_storage(storage, uid):
+    """Whether `storage` is `uid`'s own (as `storage_problem` judges it): only then does it
+    fence off the images inside it; a storage directory another user made (or points
+    elsewhere with a symlink) must not deny us the images it happens to cover."""
+    from chjoin import owned
+
+    real, problem = owned.resolve(storage, uid)
+    return not (problem or owned.dir_problem(real, uid))
+
+
 def find(ref, storage, unsafe=False, warn=None, distrust=None):
     """The image that `ref` names, or a `Fatal` saying why it names none. `unsafe` (--unsafe)
-    allows a directory inside the storage directory; `warn(message)`, when given, is told that
+    allows a directory anywhere inside the storage directory (or the storage itself), which
+    ch-run refuses without it (when that storage is this user's own); `warn(message)`, when given, is told that
     a storage directory that does not exist was searched for a name that is no path either.
     A name is looked up in storage only if the storage is this user's own (`storage_problem`):
     otherwise `distrust(message)` is told, and `ref` is taken as a path."""
@@ -101,9 +112,10 @@ def find(ref, storage, unsafe=False, warn=None, distrust=None):
         raise Fatal(f"can't stat: {ref}: {e.strerror}") from None
     if is_dir:
         path = os.path.realpath(ref)
-        storage_img = os.path.realpath(os.path.join(storage, "img"))
-        if path.startswith(storage_img + "/") and not unsafe:
-            raise Fatal(f"can't run directory images from storage (hint: run by name): {ref}")
+        inside = storage and os.path.realpath(storage).rstrip("/") + "/"
+        if (inside and (path + "/").startswith(inside) and not unsafe   # ch-run's path_subdir_p
+                and _own_storage(storage, os.geteuid())):
+            raise Fatal("can't run directory images from storage (hint: run by name)")
         return Image(path, by_name=False)
     try:
         with open(ref, "rb") as f:

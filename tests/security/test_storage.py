@@ -249,6 +249,16 @@ def test_a_symlink_another_user_planted_is_not_searched_for_names(
                             "it as a path"]
 
 
+def test_a_storage_directory_another_user_points_at_your_images_does_not_fence_them_off(
+        victim, attacker, storage, victims_image):
+    """ch-run refuses a directory image anywhere inside the storage directory. The attacker's
+    symlink /var/tmp/VICTIM.ch to the directory that holds the victim's image must not make
+    the victim's image one "from storage": it runs by path."""
+    as_user(attacker, "ln", "-s", victims_image.parent, storage)
+    done = victim.run(victims_image, "--", "cat", "/etc/image-file")
+    assert (done.returncode, done.stdout) == (0, "the victim's own image\n"), done.stderr
+
+
 def test_your_own_symlinks_are_followed(victim, storage, victims_squashfs, victims_dir):
     """The victim's own /var/tmp/VICTIM.ch symlink into a directory of theirs, and a mount point
     reached through a second symlink of theirs: the launch runs, mounted where they lead."""

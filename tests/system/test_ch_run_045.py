@@ -164,6 +164,19 @@ def test_a_directory_image_inside_storage_needs_unsafe(as_user, host_dir):
     assert ok(as_user.run("--unsafe", "-s", storage, path, "--", "echo", "ran")) == "ran\n"
 
 
+def test_a_directory_image_anywhere_inside_storage_needs_unsafe(as_user, host_dir):
+    """As ch-run's path_subdir_p: not only under img/, anywhere inside the storage directory."""
+    storage = storage_with_image(as_user, host_dir)
+    path = build_busybox_image(storage / "elsewhere" / "image")
+    as_user.own(storage)
+    result = as_user.run("-s", storage, path, "--", "true")
+    assert result.returncode == 31
+    assert result.stderr.endswith(": error: can't run directory images from storage (hint: run "
+                                  "by name)\n"), result.stderr
+    assert ok(as_user.run("--unsafe", "-s", storage, path, "--", "echo", "ran")) == "ran\n"
+    assert ok(as_user.run("-s", storage / "img", path, "--", "echo", "ran")) == "ran\n"
+
+
 def test_write_on_an_image_run_by_name_needs_unsafe(as_user, host_dir):
     storage = storage_with_image(as_user, host_dir)
     result = as_user.run("-w", "-s", storage, "inside", "--", "touch", "/new")
