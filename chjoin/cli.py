@@ -3,10 +3,10 @@
 `chjoin [OPTIONS] IMAGE -- CMD [ARG...]`. The options are a table (`OPTIONS`) that the parser,
 `normalize`, and `--help` all read. `normalize` first rewrites the options (anywhere before `--`,
 long ones possibly abbreviated, as glibc's getopt_long takes them for ch-run) into
-`--long[=value]` form, ahead of the other words: that gives argp's meaning to the options whose value is optional (`-W`,
-`--write-fake`, `--set-env`, `--set-env0`: a value only when attached) and keeps the command-line
-order of the environment options. No option library: every rank on every node parses its
-command line, and click alone cost each of them 20 ms of imports.
+`--long[=value]` form, ahead of the other words: that gives argp's meaning to the options whose
+value is optional (`-W`, `--write-fake`, `--set-env`, `--set-env0`: a value only when attached)
+and keeps the command-line order of the environment options. No option library: every rank on
+every node parses its command line, and click alone cost each of them 20 ms of imports.
 """
 
 import os

@@ -91,8 +91,9 @@ def _own_storage(storage, uid):
 def find(ref, storage, unsafe=False, warn=None, distrust=None):
     """The image that `ref` names, or a `Fatal` saying why it names none. `unsafe` (--unsafe)
     allows a directory anywhere inside the storage directory (or the storage itself), which
-    ch-run refuses without it (when that storage is this user's own); `warn(message)`, when given, is told that
-    a storage directory that does not exist was searched for a name that is no path either.
+    ch-run refuses without it (when that storage is this user's own); `warn(message)`, when
+    given, is told that a storage directory that does not exist was searched for a name that is
+    no path either.
     A name is looked up in storage only if the storage is this user's own (`storage_problem`):
     otherwise `distrust(message)` is told, and `ref` is taken as a path."""
     if not ref:

@@ -87,7 +87,8 @@ CASES = [
     (["-c", "", "{img}", "--", "true"], 31, "^can't cd to : No such file or directory$"),
     (["-m", "", "{img}", "--", "true"], 31, "^mount point can't be empty string$"),
     # a directory that is no image, even with -w: ch-run's required binds are never made
-    (["-w", "{host}/empty", "--", "true"], 31, "^can't bind: destination not found: {host}/empty/dev$"),
+    (["-w", "{host}/empty", "--", "true"], 31,
+     "^can't bind: destination not found: {host}/empty/dev$"),
     # options anywhere before `--`, each checked as it is met (glibc getopt, as ch-run's argp)
     (["{img}", "echo", "-n", "x"], 64, "^unknown option: -n "),
     (["{img}", "-u", "abc", "--", "true"], 31, "^--uid: no digits found$"),
