@@ -26,6 +26,7 @@ from chjoin.log import EXIT_USAGE, Fatal, Log, Timings, error
 
 CHANNEL = 3
 PLACEHOLDER = ("--", "true")     # make_launch wants a command; the tasks bring their own
+_END = "\0end"                   # after --chjoin-args' words: no option's value
 REFUSED = ("join", "join-ct", "join-tag", "join-pid", "join-timeout")
 
 
@@ -74,7 +75,13 @@ def parse(image_ref, args, name=""):
     refusing what is no container option here (--join*, --name, --seccomp, --help, --version,
     --feature, stray words). With a name, IMAGE may be "": enter the running container of that
     name."""
-    tokens = cli.normalize([*split(args), *([image_ref] if image_ref else []), *PLACEHOLDER])
+    words = split(args)
+    for token in cli.normalize([*words, _END], image_known=True):   # a value option last
+        option, _, value = token[2:].partition("=")
+        if value == _END:
+            raise cli.Usage(f"--chjoin-args: option --{option} requires an argument")
+    tokens = cli.normalize([*words, *([image_ref] if image_ref else []), *PLACEHOLDER],
+                           image_known=True)
     for token in tokens[:len(tokens) - 2 - bool(image_ref)]:
         option = token[2:].partition("=")[0] if token.startswith("--") else None
         if option in REFUSED:

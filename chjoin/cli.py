@@ -111,18 +111,20 @@ CDI_ALL = "\0all"       # a bare -d / --cdi (chjoin.cdi.ALL): every spec
 _DEFAULT = {"set-env": IMAGE_ENV, "set-env0": IMAGE_ENV, "write-fake": WRITE_FAKE_DEFAULT_SIZE,
             "color": "auto", "cdi": CDI_ALL}
 _ACTION_VALUE = ("feature", "warnings")       # ACTION options that take a value
+CHJOIN_ONLY = frozenset(("join-timeout", "keep", "name", "timings"))     # not ch-run 0.45's
 COLOR_SYNONYMS = {"auto": "auto", "tty": "auto", "if-tty": "auto", "yes": "yes",
                   "always": "yes", "force": "yes", "no": "no", "never": "no", "none": "no"}
 _ENV_OPTIONS = ("--set-env=", "--set-env0=", "--unset-env=", "--env-no-expand")
 
 
-def normalize(args, permute=True):
+def normalize(args, permute=True, image_known=False):
     """Rewrite the options as `--long[=value]` tokens, in command-line order, followed by the
     other words: as glibc's getopt_long, which ch-run's argp uses, options are taken from
     anywhere before `--` (a word after IMAGE that starts with `-` is chjoin's, as in ch-run), and
     a long option may be shortened to any prefix that names one option. The words: those before
     `--`, then `--` and those after it, if it was given. `permute=False` ($POSIXLY_CORRECT)
-    ends the options at the first other word, as getopt does then."""
+    ends the options at the first other word, as getopt does then: IMAGE, `--`, and CMD word
+    for word. `image_known`: no word is IMAGE (the SPANK builder's --chjoin-args)."""
     out, words = [], []
     i = 0
     while i < len(args):
@@ -131,8 +133,9 @@ def normalize(args, permute=True):
         if token == "--":
             return out + words + args[i - 1:]
         if not token.startswith("-") or token == "-":
-            if not permute:
-                return out + words + args[i - 1:]
+            if not permute:         # one `--` right after IMAGE is still ours, as in ch-run
+                rest = args[i:]
+                return out + [token, "--"] + rest[rest[:1] == ["--"]:]
             words.append(token)
             continue
         if token.startswith("--"):
@@ -143,7 +146,7 @@ def normalize(args, permute=True):
                 out.append(f"--{name}{eq}{attached}" if kind is not None else token)
             elif kind == OPTIONAL:
                 value = _DEFAULT[name]
-                if name == "cdi" and _cdi_value_follows(args, i):
+                if name == "cdi" and _cdi_value_follows(args, i, image_known or bool(words)):
                     value = args[i]
                     i += 1
                 out.append(f"--{name}={value}")
@@ -167,7 +170,8 @@ def normalize(args, permute=True):
                 out.append(f"--{name}={rest}")
                 break
             if kind == OPTIONAL:
-                if name == "cdi" and not rest and _cdi_value_follows(args, i):
+                if (name == "cdi" and not rest
+                        and _cdi_value_follows(args, i, image_known or bool(words))):
                     rest = args[i]
                     i += 1
                 out.append(f"--{name}={rest or _DEFAULT[name]}")
@@ -179,20 +183,27 @@ def normalize(args, permute=True):
 def long_name(given):
     """The option that long option `given` names: itself, or the one option it is a prefix of
     (getopt_long's abbreviations); `given` as is when it names none (an unknown option). More
-    than one is a `Usage` error, worded as getopt's."""
+    than one is a `Usage` error, worded as getopt's, unless only one of them is ch-run's:
+    chjoin's own options never make a ch-run command line ambiguous (`--join-t` is
+    `--join-tag`, not `--join-timeout`)."""
     if given in _KIND or not given:
         return given
     matches = [name for name in _KIND if name.startswith(given)]
+    if len(matches) > 1 and len(set(matches) - CHJOIN_ONLY) == 1:
+        matches = list(set(matches) - CHJOIN_ONLY)      # ch-run's meaning of a ch-run prefix
     if len(matches) > 1:
         raise Usage(f"option '--{given}' is ambiguous; possibilities: "
                     + " ".join(f"'--{name}'" for name in matches))
     return matches[0] if matches else given
 
 
-def _cdi_value_follows(args, i):
-    """A bare -d/--cdi followed by a word that is a CDI device name (and no path), then more
-    words that are not `-- CMD`: the word is -d's value (ch-run would take it as IMAGE)."""
-    if i + 1 >= len(args) or args[i].startswith("-") or args[i + 1] == "--":
+def _cdi_value_follows(args, i, image_seen):
+    """A bare -d/--cdi followed by a word that is a CDI device name (and no path): the word is
+    -d's value (ch-run would take it as IMAGE or CMD), unless it may be IMAGE: no IMAGE yet
+    (`image_seen`) and nothing more but `-- CMD` after it."""
+    if i >= len(args) or args[i].startswith("-"):
+        return False
+    if not image_seen and (i + 1 >= len(args) or args[i + 1] == "--"):
         return False          # `-d IMAGE -- CMD`: the word is IMAGE
     from chjoin import cdi
 
@@ -259,6 +270,16 @@ def check_value(name, value, options):
         raise Fatal("environment options: argument must have non-zero length")
     elif name in ("verbose", "quiet"):
         verbosity_of(options["verbose"], options["quiet"])
+    elif name == "abort-fatal":         # from here on, as ch-run: a later bad value aborts
+        from chjoin import log
+
+        log.set_abort_fatal()
+    elif name == "color":
+        from chjoin import log
+
+        if value not in COLOR_SYNONYMS:
+            raise Fatal(f"--color: invalid arg: {value}")
+        log.set_color(COLOR_SYNONYMS[value])
 
 
 def logging_options(o):
@@ -627,7 +648,8 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
         write_fake = write_fake or WRITE_FAKE_DEFAULT_SIZE
     join = join_options(o, environ)
     named = name_options(o, image_ref)
-    if (join["join"] or named) and any(os.path.normpath(b.dst) == "/proc" for b in binds):
+    if (join["join"] or named) and any(os.path.normpath("/" + b.dst.lstrip("/")) == "/proc"
+                                       for b in binds):
         raise Fatal(f"--bind: /proc can't be replaced with --{'join' if join['join'] else 'name'}"
                     ": its ranks and holder find each other through it")
     clock.done("parse")

@@ -105,12 +105,14 @@ def build(launch, log):
         log.info(f"squashfs: {launch.image} mounted at {root} by {image.SQUASHFUSE}")
         log.clock.done("squashfs")
     proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)     # for the id maps
-    fs.apply(fs.plan(launch), root, log)
-    if launch.devices is not None:
-        devices_inside(launch.devices, launch.verbosity, log)
-    log.clock.done("filesystem")
-    ns.enter_inner(ident.uid, ident.gid, proc)
-    os.close(proc)
+    try:
+        fs.apply(fs.plan(launch), root, log)
+        if launch.devices is not None:
+            devices_inside(launch.devices, launch.verbosity, log)
+        log.clock.done("filesystem")
+        ns.enter_inner(ident.uid, ident.gid, proc)
+    finally:
+        os.close(proc)
     log.clock.done("namespaces")
 
 

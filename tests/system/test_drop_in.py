@@ -137,6 +137,18 @@ def test_abort_fatal_aborts_on_an_error(as_user):
     assert "reprinting" not in done.stderr
 
 
+def test_abort_fatal_applies_from_where_it_stands_to_a_bad_value_after_it(as_user, image):
+    done = as_user.run("--abort-fatal", "-u", "abc", image, "--", "true")
+    assert done.returncode == -signal.SIGABRT, done.stderr
+    assert "error: --uid: no digits found" in done.stderr
+
+
+def test_a_bad_color_is_refused_where_it_stands(as_user, image):
+    done = as_user.run("--color=bogus", "-u", "abc", image, "--", "true")
+    assert done.returncode == 31
+    assert lines(done.stderr) == ["error: --color: invalid arg: bogus"]
+
+
 def test_usage_is_argps_short_usage(as_user):
     done = as_user.run("--usage")
     assert done.returncode == 0 and done.stderr == ""

@@ -44,10 +44,22 @@ def test_an_unclosed_quote_is_a_usage_error(text):
     ("-b /x stray", "not an option: stray"),
     ("/other", "not an option: /other"),
     ("--frobnicate", "unknown option: --frobnicate"),
+    ("-b", "option --bind requires an argument"),           # it would take IMAGE
+    ("-v --join-tag", "option --join-tag requires an argument"),
 ])
 def test_what_is_no_container_option_is_refused(args, message):
     with pytest.raises(Usage, match=message.replace("(", r"\(")):
         builder.parse("/img", args)
+
+
+def test_a_value_option_last_is_refused_without_an_image_too():
+    with pytest.raises(Usage, match="option --uid requires an argument"):
+        builder.parse("", "-u", "name")                       # it would take the `--`
+
+
+def test_a_device_is_d_s_value_with_a_name_and_no_image():
+    options, _tokens = builder.parse("", "-d vendor.com/dev=0", "name")
+    assert options["cdi"] == ["vendor.com/dev=0"] and options["name"] == "name"
 
 
 def test_container_options_parse_as_chjoin_parses_them():

@@ -48,8 +48,29 @@ def test_options_are_taken_from_anywhere_before_the_double_dash_as_getopt_does()
 
 def test_posixly_correct_ends_the_options_at_the_first_other_word():
     assert normalize(["-t", "img", "-v", "--", "true"], permute=False) == [
-        "--private-tmp", "img", "-v", "--", "true"]
+        "--private-tmp", "img", "--", "-v", "--", "true"]
     assert parse(normalize(["img", "-v", "x"], permute=False))[1:] == ("img", ["-v", "x"])
+    # CMD word for word: only a `--` right after IMAGE is ours
+    assert parse(normalize(["img", "echo", "--", "hi"], permute=False))[1:] == (
+        "img", ["echo", "--", "hi"])
+    assert parse(normalize(["img", "--", "echo", "hi"], permute=False))[1:] == (
+        "img", ["echo", "hi"])
+    assert parse(normalize(["--name=n", "img", "c"], permute=False))[1:] == ("img", ["c"])
+    assert parse(normalize(["--name=n", "--", "c"], permute=False))[1:] == (None, ["c"])
+
+
+@pytest.mark.parametrize("args", [
+    ["-d", "vendor.com/dev=0", "img", "--", "x"], ["img", "-d", "vendor.com/dev=0", "--", "x"],
+    ["img", "-d", "vendor.com/dev=0", "x"]])
+def test_a_device_after_d_is_its_value_before_or_after_image(args):
+    options, image, command = parse(normalize(args))
+    assert (options["cdi"], image, command) == (["vendor.com/dev=0"], "img", ["x"])
+
+
+def test_a_chjoin_option_never_makes_a_ch_run_abbreviation_ambiguous():
+    assert normalize(["--join-t=T", "img"]) == ["--join-tag=T", "img"]   # not --join-timeout
+    assert normalize(["--n", "img"]) == ["--no-passwd", "img"]          # not --name
+    assert normalize(["--ti", "img"]) == ["--timings", "img"]
 
 
 @pytest.mark.parametrize("given, long", [
