@@ -1,7 +1,9 @@
 """The container's filesystem: `plan(launch)` lists mount operations, `apply(ops, image)` does them.
 
-`plan` is pure: it takes a `Launch` and returns small operation objects sorted parents-first, so
-it can be tested without privileges. `apply` runs them in one loop inside the new mount namespace
+`plan` is pure: it takes a `Launch` and returns small operation objects in ch-run's order (the
+root, the default binds, /etc/passwd and /etc/group, /tmp, --home, the CDI specs' binds, then
+the user's binds as given: a later mount covers an earlier one), so it can be tested without
+privileges. `apply` runs them in one loop inside the new mount namespace
 and pivots into the result.
 
 How `apply` lays things out, all in the launch's private mount namespace, so that nothing can be
@@ -72,12 +74,8 @@ class File(Value):
     create: bool = False
 
 
-def _depth_key(op):
-    return [part for part in op.dst.split("/") if part]
-
-
 def plan(launch):
-    """The mount operations for `launch`, parents before children; later ones win on ties."""
+    """The mount operations for `launch`, in the order they are done; later ones cover earlier."""
     if launch.image == "/":
         return _host_plan(launch)
     writable = launch.write or launch.write_fake is not None
@@ -96,7 +94,7 @@ def plan(launch):
     if launch.devices is not None:     # -d: the specs' binds, before the user's (which win)
         ops += [Bind(src, dst, create=writable) for src, dst in launch.devices.binds]
     ops += [Bind(b.src, b.dst, create=writable) for b in launch.binds]
-    return sorted(ops, key=_depth_key)  # stable: among equal paths, the user's come last
+    return ops
 
 
 def _host_plan(launch):
@@ -105,7 +103,7 @@ def _host_plan(launch):
     if launch.private_tmp:
         ops.append(Tmpfs("/tmp", "mode=1777", create=launch.write))
     ops += [Bind(b.src, b.dst, create=launch.write) for b in launch.binds]
-    return sorted(ops, key=_depth_key)
+    return ops
 
 
 def passwd_text(identity):

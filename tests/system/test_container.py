@@ -94,6 +94,25 @@ def test_bind_creates_destination_under_write(as_user, own_image, host_dir):
     assert (own_image / "mnt" / "made").is_dir()
 
 
+def test_binds_are_mounted_in_command_line_order_a_later_one_covering_an_earlier(
+        as_user, image, host_dir):
+    # as ch-run: the defaults (/etc/passwd too) first, then the user's binds as given
+    assert ok(as_user.run("-b", f"{host_dir}:/etc", image, "--", "ls", "/etc")) == "file\n"
+    out = ok(as_user.run("-W", "-b", f"{host_dir}:/mnt/sub", "-b", f"{host_dir}:/mnt", image,
+                         "--", "ls", "/mnt"))
+    assert out == "file\n"
+
+
+def test_the_first_bad_bind_on_the_command_line_is_the_one_named(as_user, image, host_dir):
+    result = as_user.run("-b", f"{host_dir}:/opt/nowhere", "-b", f"{host_dir}:/mnt/sub",
+                         "-b", f"{host_dir}:/mnt", image, "--", "true")
+    assert result.returncode == 31
+    assert result.stderr.strip().endswith(f"can't bind: destination not found: {image}/opt/nowhere")
+    result = as_user.run("-b", f"{host_dir}:/mnt/sub", "-b", f"{host_dir}:/mnt", image,
+                         "--", "true")
+    assert result.stderr.strip().endswith(f"can't bind: destination not found: {image}/mnt/sub")
+
+
 def test_generated_passwd_and_group(as_user, image):
     out = ok(as_user.run(image, "--", "sh", "-c", "cat /etc/passwd; echo --; cat /etc/group"))
     passwd, group = out.split("--\n")

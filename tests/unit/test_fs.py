@@ -19,12 +19,14 @@ def dsts(ops, kind):
     return [op.dst for op in ops if isinstance(op, kind)]
 
 
-def test_root_comes_first_and_parents_before_children():
-    ops = fs.plan(launch(binds=(BindSpec("/data", "/tmp/data"), BindSpec("/x", "/dev/x"))))
+def test_operations_come_in_ch_runs_order_and_the_users_binds_as_given():
+    ops = fs.plan(launch(binds=(BindSpec("/data", "/tmp/data/sub"), BindSpec("/x", "/etc"),
+                                BindSpec("/data", "/tmp/data")), private_tmp=True))
     assert isinstance(ops[0], fs.Root)
-    order = [op.dst for op in ops]
-    assert order.index("/tmp") < order.index("/tmp/data")
-    assert order.index("/dev") < order.index("/dev/x")
+    order = [op.dst for op in ops[1:]]
+    defaults = list(fs.REQUIRED_BINDS + fs.OPTIONAL_BINDS)
+    assert order == defaults + ["/etc/passwd", "/etc/group", "/tmp",
+                                "/tmp/data/sub", "/etc", "/tmp/data"]
 
 
 def test_user_bind_on_a_default_path_comes_after_the_default():
@@ -108,7 +110,7 @@ def host_launch(**kw):
 def test_host_root_as_image_has_only_the_users_mounts():
     ops = fs.plan(host_launch(binds=(BindSpec("/data", "/mnt"),), private_tmp=True))
     assert ops == [fs.Root(writable=False, overlay_size=None, host=True),
-                   fs.Bind("/data", "/mnt"), fs.Tmpfs("/tmp", "mode=1777")]
+                   fs.Tmpfs("/tmp", "mode=1777"), fs.Bind("/data", "/mnt")]
 
 
 def test_host_root_as_image_creates_destinations_only_with_write():
