@@ -25,6 +25,7 @@ namespace shows the host's tree, its root re-mounted read-only unless `-w`, with
 and `-t` mounted on it.
 """
 
+import errno
 import os
 import stat
 
@@ -371,6 +372,8 @@ def _bind(op, source_tree, where, log):
     try:
         libc.attach_tree(source_tree, dst)
     except OSError as e:
+        if e.errno == errno.EINVAL and is_dir != os.path.isdir(dst):
+            e = OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))  # mount(2)'s, and ch-run's
         raise os_error(f"can't bind {op.src} at {where.host_path(op.dst)}", e) from None
     finally:
         os.close(source_tree)
