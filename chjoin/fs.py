@@ -290,10 +290,13 @@ def _destination(where, guest, create, directory):
         return host
     if not create:
         raise Fatal(f"can't bind: destination not found: {where.host_path(guest)}")
-    for bound in where.binds:
+    for bound in where.binds:      # it would be made on the host: ch-run's words
         if host.startswith(bound.rstrip("/") + "/"):
-            raise Fatal(f"can't make {where.host_path(guest)}: it would be inside bind mount "
-                        f"{where.guest_path(bound)}, on the host")
+            first = host
+            while not os.path.lexists(os.path.dirname(first)):
+                first = os.path.dirname(first)
+            shown = [where.host_path(where.guest_path(p)) for p in (first, bound)]
+            raise Fatal("can't mkdir: {} under existing bind-mount {}".format(*shown))
     _make_parents(where.newroot, os.path.dirname(host))
     _make_entry(host, directory)
     return host
