@@ -297,20 +297,23 @@ def _destination(where, guest, create, directory):
                 first = os.path.dirname(first)
             shown = [where.host_path(where.guest_path(p)) for p in (first, bound)]
             raise Fatal("can't mkdir: {} under existing bind-mount {}".format(*shown))
-    _make_parents(where.newroot, os.path.dirname(host))
-    _make_entry(host, directory)
+    _make_parents(where, os.path.dirname(host))
+    _make_entry(where, host, directory)
     return host
 
 
-def _make_parents(newroot, host_dir):
-    """mkdir -p `host_dir`, which lies under `newroot`, overmounting unwritable parents."""
+def _make_parents(where, host_dir):
+    """mkdir -p `host_dir`, which lies under the new root, overmounting unwritable parents."""
     if os.path.isdir(host_dir):
         return
-    _make_parents(newroot, os.path.dirname(host_dir))
-    _make_entry(host_dir, directory=True)
+    if os.path.lexists(host_dir):
+        shown = where.host_path(where.guest_path(host_dir))
+        raise Fatal(f"can't mkdir: exists but not a directory: {shown}")
+    _make_parents(where, os.path.dirname(host_dir))
+    _make_entry(where, host_dir, directory=True)
 
 
-def _make_entry(host, directory):
+def _make_entry(where, host, directory):
     """Create an empty directory or file at `host`; if its parent refuses, overmount the parent."""
     try:
         _create(host, directory)
@@ -318,7 +321,8 @@ def _make_entry(host, directory):
         parent = os.path.dirname(host)
         # EACCES, EPERM, EROFS, EOVERFLOW; a tmpfs over / (the host's root) would not be seen
         if e.errno not in (13, 1, 30, 75) or parent == "/":
-            raise os_error(f"can't mkdir: {host}", e) from None
+            shown = where.host_path(where.guest_path(host))
+            raise os_error(f"can't mkdir: {shown}", e) from None
         _overmount(parent)
         _create(host, directory)
 

@@ -43,6 +43,8 @@ CASES = [
      "^can't bind {host}/file at {img}/mnt: Not a directory$"),
     (["-W1x", "{img}", "--", "true"], 31, "^cannot mount tmpfs for overlay: Invalid argument$"),
     (["-W", "-b", "{host}:/escape/x", "{img}", "--", "true"], 31, "outside the image"),
+    (["-W", "-b", "{host}:/etc/image-file/x/y", "{img}", "--", "true"], 31,
+     "^can't mkdir: exists but not a directory: {img}/etc/image-file$"),
     (["-W", "-b", "{host}:/tmp/x/y", "{img}", "--", "true"], 31,
      "^can't mkdir: {img}/tmp/x under existing bind-mount {img}/tmp$"),
     (["--set-env=NOEQUALS_FILE_MISSING", "{img}", "--", "true"], 31,
