@@ -315,16 +315,18 @@ def _make_parents(where, host_dir):
 
 def _make_entry(where, host, directory):
     """Create an empty directory or file at `host`; if its parent refuses, overmount the parent."""
+    parent = os.path.dirname(host)
     try:
-        _create(host, directory)
+        try:
+            _create(host, directory)
+        except OSError as e:
+            # EACCES, EPERM, EROFS, EOVERFLOW; a tmpfs over / (the host's root) would not be seen
+            if e.errno not in (13, 1, 30, 75) or parent == "/":
+                raise
+            _overmount(parent)
+            _create(host, directory)
     except OSError as e:
-        parent = os.path.dirname(host)
-        # EACCES, EPERM, EROFS, EOVERFLOW; a tmpfs over / (the host's root) would not be seen
-        if e.errno not in (13, 1, 30, 75) or parent == "/":
-            shown = where.host_path(where.guest_path(host))
-            raise os_error(f"can't mkdir: {shown}", e) from None
-        _overmount(parent)
-        _create(host, directory)
+        raise os_error(f"can't mkdir: {where.host_path(where.guest_path(host))}", e) from None
 
 
 def _create(host, directory):
