@@ -692,9 +692,30 @@ def make_launch(image_ref, cmd, o, tokens, environ, clock):
                   **join, **named)
 
 
+def undo_locale_coercion(environ=os.environ):
+    """Give `environ` back the LC_CTYPE this process was started with. Python started in the C
+    locale sets LC_CTYPE=C.UTF-8 in its own environment (PEP 538), which the command would then
+    inherit: an image without that locale warns in every shell and Perl. The kernel's copy of
+    the initial environment says what it was; it is read only when coercion may have happened."""
+    if "LC_CTYPE" not in environ or environ.get("LC_ALL"):
+        return
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            initial = f.read()
+    except OSError:
+        return
+    for item in initial.split(b"\0"):
+        if item.startswith(b"LC_CTYPE="):
+            environ["LC_CTYPE"] = os.fsdecode(item[len(b"LC_CTYPE="):])
+            return
+    del environ["LC_CTYPE"]
+
+
 def main(argv=None):
     """Console entry point: parse, launch, and turn every failure into one line and an exit code."""
     import _signal      # not `signal`, whose enums cost every rank 4 ms
+
+    undo_locale_coercion()
 
     if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
         _signal.signal(_signal.SIGINT, _signal.SIG_DFL)     # Ctrl-C ends us as it does ch-run,

@@ -160,6 +160,17 @@ def test_environment_rules(as_user, image, host_dir):
     assert env["CH_RUNNING"] == "Weird Al Yankovic"
 
 
+@pytest.mark.parametrize("given", [{}, {"LC_CTYPE": "C"}, {"LANG": "C"}, {"LC_CTYPE": ""},
+                                   {"LC_ALL": "", "LC_CTYPE": "C"}, {"LC_ALL": "C"}])
+@pytest.mark.parametrize("join", [[], ["--join-ct=1"]])
+def test_the_locale_is_passed_as_given_python_adds_no_lc_ctype(as_user, image, given, join):
+    # Python in the C locale sets LC_CTYPE=C.UTF-8 in its own environment (PEP 538); the
+    # command must not inherit it: ch-run passes the environment as it is
+    out = ok(as_user.run(*join, image, "--", "env", env={"LANG": None, **given}))
+    env = dict(line.split("=", 1) for line in out.splitlines())
+    assert {k: v for k, v in env.items() if k.startswith(("LC_", "LANG"))} == given
+
+
 def test_set_env_direct_file_and_nul_file(as_user, image, host_dir):
     (host_dir / "env").write_text("A=1\n\nB='quoted value'\nC=$A:$NOPE:/x\n")
     (host_dir / "env0").write_bytes(b"D=multi\nline\0E=5\0")
