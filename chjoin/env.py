@@ -33,9 +33,9 @@ def parse_assignment(text, where):
     """Split one `NAME=VALUE` item; single quotes around the whole value are removed."""
     name, sep, value = text.partition("=")
     if not sep:
-        raise Fatal(f"--set-env: can't parse variable: no delimiter: {where}")
+        raise Fatal(f"can't parse variable: no delimiter: {where}")
     if not name:
-        raise Fatal(f"--set-env: can't parse variable: empty name: {where}")
+        raise Fatal(f"can't parse variable: empty name: {where}")
     if len(value) >= 2 and value[0] == value[-1] == "'":
         value = value[1:-1]
     return name, value
@@ -48,7 +48,7 @@ def parse_file(text, delimiter, path):
     pairs = []
     for number, line in enumerate(text.split(delimiter), start=1):
         if "\0" in line:
-            raise Fatal(f"--set-env: can't parse variable: NUL byte: {path}:{number}")
+            raise Fatal(f"can't parse variable: NUL byte: {path}:{number}")
         if line.strip():
             pairs.append(parse_assignment(line, f"{path}:{number}"))
     return tuple(pairs)
