@@ -3,8 +3,8 @@
 `plan` is pure: it takes a `Launch` and returns small operation objects in ch-run's order (the
 root, the default binds, /etc/passwd and /etc/group, /tmp, --home, the CDI specs' binds, then
 the user's binds as given: a later mount covers an earlier one), so it can be tested without
-privileges. `apply` runs them in one loop inside the new mount namespace
-and pivots into the result.
+privileges. `apply` runs them in one loop inside the new mount namespace and pivots into the
+result.
 
 How `apply` lays things out, all in the launch's private mount namespace, so that nothing can be
 left on the host whatever happens to the process:
@@ -192,8 +192,9 @@ class Where:
         """What messages call guest path `guest`: as ch-run, the image's path joined to it."""
         return self.shown + guest
 
-    def guest_path(self, host):
-        return host[len(self.newroot.rstrip("/")):] or "/"
+    def shown_path(self, host):
+        """What messages call `host`, a path under the new root: as `host_path` its guest path."""
+        return self.host_path(host[len(self.newroot.rstrip("/")):] or "/")
 
 
 def _mount(source, target, fstype, flags, data=None, what=None):
@@ -295,8 +296,8 @@ def _destination(where, guest, create, directory):
             first = host
             while not os.path.lexists(os.path.dirname(first)):
                 first = os.path.dirname(first)
-            shown = [where.host_path(where.guest_path(p)) for p in (first, bound)]
-            raise Fatal("can't mkdir: {} under existing bind-mount {}".format(*shown))
+            raise Fatal(f"can't mkdir: {where.shown_path(first)} under existing bind-mount "
+                        f"{where.shown_path(bound)}")
     _make_parents(where, os.path.dirname(host))
     _make_entry(where, host, directory)
     return host
@@ -307,10 +308,12 @@ def _make_parents(where, host_dir):
     if os.path.isdir(host_dir):
         return
     if os.path.lexists(host_dir):
-        shown = where.host_path(where.guest_path(host_dir))
-        raise Fatal(f"can't mkdir: exists but not a directory: {shown}")
+        raise Fatal(f"can't mkdir: exists but not a directory: {where.shown_path(host_dir)}")
     _make_parents(where, os.path.dirname(host_dir))
     _make_entry(where, host_dir, directory=True)
+
+
+_OVERMOUNT_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EOVERFLOW)
 
 
 def _make_entry(where, host, directory):
@@ -320,13 +323,13 @@ def _make_entry(where, host, directory):
         try:
             _create(host, directory)
         except OSError as e:
-            # EACCES, EPERM, EROFS, EOVERFLOW; a tmpfs over / (the host's root) would not be seen
-            if e.errno not in (13, 1, 30, 75) or parent == "/":
+            # a tmpfs over / (the host's root) would not be seen
+            if e.errno not in _OVERMOUNT_ERRNOS or parent == "/":
                 raise
             _overmount(parent)
             _create(host, directory)
     except OSError as e:
-        raise os_error(f"can't mkdir: {where.host_path(where.guest_path(host))}", e) from None
+        raise os_error(f"can't mkdir: {where.shown_path(host)}", e) from None
 
 
 def _create(host, directory):
