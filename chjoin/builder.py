@@ -157,7 +157,6 @@ def main(argv=None):
     """Entry point: build, serve, exit 0; or one `chjoin[PID]: error:` line and chjoin's exit
     code, which the plugin gives every task of the step."""
     argv = sys.argv[1:] if argv is None else argv
-    cli.undo_locale_coercion()
     clock = Timings()
     try:
         if len(argv) not in (2, 3):
